@@ -1,0 +1,176 @@
+"""Cleaning: an ordered pipeline of steps, each reporting what it removed (or changed) and why.
+
+Steps: ``normalize`` (Unicode form, ``\\n`` line endings, no trailing whitespace on lines, no
+leading/trailing blank lines; changes documents, removes none), ``empty``, ``length``
+(``min_chars`` <= len(text) <= ``max_chars``), ``dedup`` (exact: sha256 of the normalised text,
+first occurrence kept). Then :func:`split_docs` assigns each document to train or validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from kiln.recipe import CorpusConfig
+
+Doc = dict[str, Any]
+MAX_EXAMPLES = 3
+EXAMPLE_CHARS = 200
+_TRAILING_WS = re.compile(r"[^\S\n]+$", re.M)
+
+
+def nbytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+@dataclass
+class StepReport:
+    """One funnel row. ``bytes_removed`` is input minus output bytes (so normalisation may count too)."""
+
+    step: str
+    docs_in: int = 0
+    docs_out: int = 0
+    docs_removed: int = 0
+    docs_changed: int = 0
+    bytes_removed: int = 0
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+    def example(self, doc: Doc, reason: str, **extra: str) -> None:
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append({"id": doc["id"], "reason": reason, "text": doc["text"][:EXAMPLE_CHARS], **extra})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def normalize_text(text: str, form: str) -> str:
+    """Unicode ``form`` (or ``none``), ``\\n`` line endings, lines right-stripped, outer blank lines cut."""
+    if form != "none":
+        text = unicodedata.normalize(form, text)  # type: ignore[arg-type]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _TRAILING_WS.sub("", text).strip("\n")
+
+
+def step_normalize(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
+    rep = StepReport("normalize", docs_in=len(docs))
+    out = []
+    for doc in docs:
+        text = normalize_text(doc["text"], cfg.normalize)
+        if text != doc["text"]:
+            rep.docs_changed += 1
+            rep.bytes_removed += nbytes(doc["text"]) - nbytes(text)
+            rep.example(doc, f"changed ({cfg.normalize}, line endings, trailing whitespace)")
+            doc = {**doc, "text": text}
+        out.append(doc)
+    rep.docs_out = len(out)
+    return out, rep
+
+
+def _filter(name: str, docs: list[Doc], why: Callable[[Doc], str | None]) -> tuple[list[Doc], StepReport]:
+    """Keep documents for which ``why`` returns None; record the others with its reason."""
+    rep = StepReport(name, docs_in=len(docs))
+    out = []
+    for doc in docs:
+        reason = why(doc)
+        if reason is None:
+            out.append(doc)
+            continue
+        rep.docs_removed += 1
+        rep.bytes_removed += nbytes(doc["text"])
+        rep.example(doc, reason)
+    rep.docs_out = len(out)
+    return out, rep
+
+
+def step_empty(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
+    return _filter("empty", docs, lambda d: None if d["text"].strip() else "empty or whitespace only")
+
+
+def step_length(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
+    def why(doc: Doc) -> str | None:
+        n = len(doc["text"])
+        if n < cfg.min_chars:
+            return f"too short: {n} < min_chars {cfg.min_chars}"
+        if cfg.max_chars is not None and n > cfg.max_chars:
+            return f"too long: {n} > max_chars {cfg.max_chars}"
+        return None
+
+    return _filter("length", docs, why)
+
+
+def step_dedup(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
+    """Exact duplicates of an earlier document's text are removed; examples carry ``duplicate_of``."""
+    rep = StepReport("dedup", docs_in=len(docs))
+    first: dict[bytes, str] = {}
+    out = []
+    for doc in docs:
+        key = hashlib.sha256(doc["text"].encode("utf-8")).digest()
+        kept = first.setdefault(key, doc["id"])
+        if kept == doc["id"]:
+            out.append(doc)
+            continue
+        rep.docs_removed += 1
+        rep.bytes_removed += nbytes(doc["text"])
+        rep.example(doc, f"exact duplicate of {kept}", duplicate_of=kept)
+    rep.docs_out = len(out)
+    return out, rep
+
+
+STEPS: dict[str, Callable[[list[Doc], CorpusConfig], tuple[list[Doc], StepReport]]] = {
+    "normalize": step_normalize,
+    "empty": step_empty,
+    "length": step_length,
+    "dedup": step_dedup,
+}
+
+
+def clean(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], list[StepReport]]:
+    """Run the steps in order (``dedup`` only if ``cfg.dedup``); return kept docs and the funnel."""
+    reports = []
+    for name, step in STEPS.items():
+        if name == "dedup" and not cfg.dedup:
+            continue
+        docs, rep = step(docs, cfg)
+        reports.append(rep)
+    return docs, reports
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def split_score(doc_id: str, seed: int) -> float:
+    """A uniform number in [0, 1) from sha256 of ``"{seed}:{doc_id}"``: the document's split draw."""
+    digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_docs(docs: list[Doc], fraction: float, seed: int) -> tuple[list[Doc], list[Doc], dict[str, Any]]:
+    """``(train, val, info)``, both in input order. A doc is in val iff its score < ``fraction``.
+
+    The rule looks at each id alone, so a document's side never depends on corpus order or on the
+    other documents. One exception keeps tiny corpora usable: if ``fraction > 0``, there are at
+    least 2 documents and none scored into val, the lowest-scoring one goes to val (``forced_val``);
+    likewise if all scored into val, the highest-scoring one stays in train (``forced_train``).
+    """
+    scores = [split_score(d["id"], seed) for d in docs]
+    in_val = [s < fraction for s in scores]
+    info: dict[str, Any] = {"val_fraction": fraction, "seed": seed, "rule": "sha256(f'{seed}:{id}') < val_fraction",
+                            "forced_val": None, "forced_train": None}  # fmt: skip
+    if fraction > 0 and len(docs) >= 2:
+        if not any(in_val):
+            i = min(range(len(docs)), key=scores.__getitem__)
+            in_val[i], info["forced_val"] = True, docs[i]["id"]
+        elif all(in_val):
+            i = max(range(len(docs)), key=scores.__getitem__)
+            in_val[i], info["forced_train"] = False, docs[i]["id"]
+    train = [d for d, v in zip(docs, in_val, strict=True) if not v]
+    val = [d for d, v in zip(docs, in_val, strict=True) if v]
+    info.update(
+        train_docs=len(train), val_docs=len(val),
+        train_bytes=sum(nbytes(d["text"]) for d in train), val_bytes=sum(nbytes(d["text"]) for d in val),
+    )  # fmt: skip
+    return train, val, info

@@ -1,0 +1,219 @@
+"""Token shards: one flat token memmap per split plus a document index.
+
+A split is three files sharing a prefix:
+
+- ``{prefix}.bin``: every document's token ids back to back, raw little-endian ``uint16`` or ``uint32``;
+- ``{prefix}.idx.npy``: ``int64`` offsets, ``n_docs + 1`` of them, ``offsets[0] == 0``;
+- ``{prefix}.json``: ``dtype``, ``n_tokens``, ``n_docs`` and any extra metadata.
+
+Keeping document boundaries (rather than one anonymous stream) lets any packing, ordering or
+objective be applied later without re-tokenizing. The reader checks that the three files agree, so
+a truncated or mismatched shard is an error, never silently short data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from kiln import atomic
+
+DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+RESERVED_KEYS = ("dtype", "n_tokens", "n_docs")
+
+
+class ShardError(ValueError):
+    """A shard that cannot be written or read as asked; the message names the file."""
+
+
+def shard_paths(prefix: str | Path) -> tuple[Path, Path, Path]:
+    """The ``.bin``, ``.idx.npy`` and ``.json`` paths of a shard prefix."""
+    prefix = Path(prefix)
+    return (
+        prefix.with_name(prefix.name + ".bin"),
+        prefix.with_name(prefix.name + ".idx.npy"),
+        prefix.with_name(prefix.name + ".json"),
+    )
+
+
+def choose_dtype(vocab_size: int, requested: str = "auto") -> str:
+    """The token dtype for a vocabulary: ``uint16`` holds ids up to 65535, else ``uint32``."""
+    if vocab_size < 1:
+        raise ShardError(f"vocab_size must be >= 1, got {vocab_size}")
+    if requested == "auto":
+        return "uint16" if vocab_size <= 2**16 else "uint32"
+    if requested not in DTYPES:
+        raise ShardError(f"token dtype must be 'auto', 'uint16' or 'uint32', got {requested!r}")
+    limit = np.iinfo(DTYPES[requested]).max + 1
+    if vocab_size > limit:
+        raise ShardError(f"token dtype {requested} holds ids < {limit}, but vocab_size is {vocab_size}; use uint32")
+    return requested
+
+
+class ShardWriter:
+    """Streams documents into a shard; the files appear (atomically) only when the writer closes cleanly.
+
+    Use as a context manager. ``meta`` (also ``writer.meta``, which may be updated until close) is stored in
+    the ``.json``; if it holds an integer ``vocab_size`` at construction, ids are also checked against it.
+    """
+
+    def __init__(self, prefix: str | Path, dtype: str, meta: dict[str, Any] | None = None) -> None:
+        if dtype not in DTYPES:
+            raise ShardError(f"token dtype must be 'uint16' or 'uint32', got {dtype!r}")
+        meta = dict(meta or {})
+        clash = [k for k in RESERVED_KEYS if k in meta]
+        if clash:
+            raise ShardError(f"shard metadata may not set reserved keys {clash}")
+        self.prefix = Path(prefix)
+        self.dtype = dtype
+        self.meta = meta
+        self._np_dtype = DTYPES[dtype]
+        vocab = meta.get("vocab_size")
+        self._limit = int(np.iinfo(self._np_dtype).max) + 1
+        if isinstance(vocab, int) and not isinstance(vocab, bool):
+            self._limit = min(self._limit, vocab)
+        self._offsets: list[int] = [0]
+        self._n_tokens = 0
+        self._bin_path, self._idx_path, self._json_path = shard_paths(self.prefix)
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic.staged_path(self._bin_path))
+        self._file = self._stack.enter_context(open(tmp, "wb"))  # noqa: SIM115 - closed by the stack
+        self._closed = False
+
+    @property
+    def n_docs(self) -> int:
+        return len(self._offsets) - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return self._n_tokens
+
+    def add(self, token_ids: Sequence[int] | np.ndarray) -> None:
+        """Append one document (with BOS/EOS already in place if wanted)."""
+        if self._closed:
+            raise ShardError(f"shard writer for {self._bin_path} is closed")
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1:
+            raise ShardError(f"a document must be a 1-D sequence of token ids, got shape {ids.shape}")
+        if ids.size:
+            if ids.dtype.kind not in "iu":
+                raise ShardError(f"token ids must be integers, got dtype {ids.dtype}")
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self._limit:
+                bad = lo if lo < 0 else hi
+                raise ShardError(
+                    f"token id {bad} does not fit shard {self._bin_path.name} "
+                    f"(dtype {self.dtype}, ids must be in [0, {self._limit}))"
+                )
+            self._file.write(ids.astype(self._np_dtype, copy=False).tobytes())
+        self._n_tokens += int(ids.size)
+        self._offsets.append(self._n_tokens)
+
+    def close(self) -> None:
+        """Finish the shard: rename the token file into place, then the index, then the metadata."""
+        if self._closed:
+            return
+        clash = [k for k in RESERVED_KEYS if k in self.meta]
+        if clash:  # `meta` may be updated while writing (e.g. byte counts); the counts are the writer's own
+            err = ShardError(f"shard metadata may not set reserved keys {clash}")
+            self.abort(err)
+            raise err
+        self._closed = True
+        self._file.flush()
+        self._stack.close()
+        with atomic.staged_path(self._idx_path) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(self._offsets, dtype=np.int64))
+        info = {"dtype": self.dtype, "n_tokens": self._n_tokens, "n_docs": self.n_docs, **self.meta}
+        atomic.write_json(self._json_path, info)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Drop everything written so far (no shard files appear)."""
+        if self._closed:
+            return
+        self._closed = True
+        err = exc or RuntimeError("shard writer aborted")
+        with contextlib.suppress(BaseException):
+            self._stack.__exit__(type(err), err, err.__traceback__)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+class TokenShard:
+    """Read side of a shard: the tokens are memory-mapped, the offsets loaded; all three files are cross-checked."""
+
+    def __init__(self, prefix: str | Path) -> None:
+        self.prefix = Path(prefix)
+        bin_path, idx_path, json_path = shard_paths(self.prefix)
+        for p in (json_path, idx_path, bin_path):
+            if not p.exists():
+                raise ShardError(f"missing shard file {p}")
+        try:
+            meta = json.loads(json_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ShardError(f"unreadable shard metadata {json_path}: {e}") from e
+        if not isinstance(meta, dict) or any(k not in meta for k in RESERVED_KEYS):
+            raise ShardError(f"shard metadata {json_path} must hold {list(RESERVED_KEYS)}")
+        dtype = meta["dtype"]
+        if dtype not in DTYPES:
+            raise ShardError(f"shard metadata {json_path}: unknown dtype {dtype!r}")
+        self.meta: dict[str, Any] = meta
+        self.dtype: str = dtype
+        self.n_tokens: int = int(meta["n_tokens"])
+        self.n_docs: int = int(meta["n_docs"])
+
+        offsets = np.load(idx_path, allow_pickle=False)
+        if offsets.ndim != 1 or offsets.dtype != np.int64 or len(offsets) != self.n_docs + 1:
+            raise ShardError(
+                f"shard index {idx_path} has shape {offsets.shape} dtype {offsets.dtype}; "
+                f"expected int64 with n_docs+1 = {self.n_docs + 1} entries (from {json_path.name})"
+            )
+        if offsets[0] != 0 or offsets[-1] != self.n_tokens or np.any(np.diff(offsets) < 0):
+            raise ShardError(
+                f"shard index {idx_path} is inconsistent: offsets must start at 0, never decrease and end at "
+                f"n_tokens = {self.n_tokens} (got first {int(offsets[0])}, last {int(offsets[-1])})"
+            )
+        self.offsets: np.ndarray = offsets
+
+        itemsize = DTYPES[dtype].itemsize
+        size = bin_path.stat().st_size
+        if size != self.n_tokens * itemsize:
+            raise ShardError(
+                f"shard token file {bin_path} has {size} bytes, expected n_tokens * itemsize = "
+                f"{self.n_tokens} * {itemsize} = {self.n_tokens * itemsize}: the shard is truncated or mismatched"
+            )
+        if self.n_tokens:
+            self.tokens: np.ndarray = np.memmap(bin_path, dtype=DTYPES[dtype], mode="r", shape=(self.n_tokens,))
+        else:
+            self.tokens = np.zeros(0, dtype=DTYPES[dtype])
+
+    def __len__(self) -> int:
+        return self.n_docs
+
+    def doc(self, i: int) -> np.ndarray:
+        """Document ``i``'s token ids (a read-only view into the memmap)."""
+        if not -self.n_docs <= i < self.n_docs:
+            raise IndexError(f"document {i} out of range for shard {self.prefix} with {self.n_docs} documents")
+        i %= self.n_docs
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    def doc_lengths(self) -> np.ndarray:
+        """Length of every document, ``int64``."""
+        return np.diff(self.offsets)
+
+    def __repr__(self) -> str:
+        return f"TokenShard({str(self.prefix)!r}, n_docs={self.n_docs}, n_tokens={self.n_tokens}, dtype={self.dtype})"

@@ -1,0 +1,50 @@
+"""Eval stage: validation loss, bits-per-byte and the unigram byte baseline for the final checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kiln import atomic
+from kiln.data.loader import iter_eval_batches
+from kiln.data.packing import pack
+from kiln.data.shards import TokenShard
+from kiln.eval.lm import evaluate_lm, unigram_bpb
+from kiln.recipe import Recipe
+from kiln.run import RunDir
+from kiln.tokenizer.special import PAD, SPECIAL_IDS
+from kiln.tokenizer.train import load_token_bytes
+from kiln.train.checkpoint import latest_checkpoint, load_model
+from kiln.train.trainer import resolve_device, resolve_precision
+
+
+def final_checkpoint(run: RunDir) -> Path:
+    ckpt = latest_checkpoint(run.stage("train") / "checkpoints")
+    if ckpt is None:
+        raise FileNotFoundError(f"{run.stage('train')}: no checkpoint; run the train stage first")
+    return ckpt
+
+
+def run_eval(recipe: Recipe, run: RunDir, out: Path) -> dict:
+    device = resolve_device(recipe.train.device)
+    precision = resolve_precision(recipe.train.precision, device)
+    ckpt = final_checkpoint(run)
+    model = load_model(ckpt, device)
+    val = TokenShard(run.stage("tokens") / "val")
+    packing = pack(val.doc_lengths(), recipe.data.seq_len, recipe.data.packing)
+    n_rows = packing.n_rows if recipe.eval.max_sequences is None else min(packing.n_rows, recipe.eval.max_sequences)
+    mb = recipe.train.micro_batch_size
+    batches = iter_eval_batches(val, packing, SPECIAL_IDS[PAD], recipe.data.attention, mb, max_rows=n_rows)
+    res = evaluate_lm(model, batches, load_token_bytes(run.stage("tokenizer")), device, precision,
+                      total=-(-n_rows // mb), desc="eval")
+    corpus = run.stage("corpus")
+    metrics = {
+        "val_loss": res["loss"],
+        "val_bpb": res["bpb"],
+        "n_tokens": res["n_targets"],
+        "n_bytes": res["n_bytes"],
+        "unigram_bpb": unigram_bpb(corpus / "train.parquet", corpus / "val.parquet"),
+        "checkpoint": str(ckpt),
+        "sequences": n_rows,
+    }
+    atomic.write_json(out / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,48 @@
+"""Causal language modelling: predict every next token (Radford et al. 2018/2019).
+
+Targets never cross a packed segment boundary when attention is document-masked;
+with plain causal attention (``data.attention: causal``) a row is one stream and only
+padding is ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kiln.data.loader import Batch
+from kiln.objectives.base import Objective, Prepared
+
+IGNORE = -100
+
+
+def next_token_targets(batch: Batch) -> torch.Tensor:
+    """targets[b, i] = tokens[b, i+1] where that is a valid next token, else IGNORE."""
+    tokens, seg = batch.tokens, batch.segments
+    targets = torch.full_like(tokens, IGNORE)
+    nxt_seg = seg[:, 1:]
+    valid = nxt_seg >= 0
+    if batch.attention == "document":
+        valid &= nxt_seg == seg[:, :-1]
+    targets[:, :-1] = torch.where(valid, tokens[:, 1:], torch.full_like(tokens[:, 1:], IGNORE))
+    return targets
+
+
+class CausalLM(Objective):
+    name = "clm"
+
+    def prepare(self, batch: Batch) -> Prepared:
+        targets = next_token_targets(batch)
+        tensors = {"tokens": batch.tokens, "positions": batch.positions, "targets": targets}
+        if batch.attention == "document":
+            tensors["segments"] = batch.segments
+        return Prepared(tensors=tensors, n_targets=int((targets != IGNORE).sum()))
+
+    def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t = prepared.tensors
+        hidden = model.backbone(t["tokens"], positions=t["positions"], segments=t.get("segments"))
+        logits = model.lm_head(hidden)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), t["targets"].flatten(), ignore_index=IGNORE,
+                                   reduction="sum")
+        return loss_sum, {}

@@ -1,0 +1,259 @@
+"""The recipe: one typed, validated configuration tree for a whole kiln run.
+
+A recipe is loaded from YAML, patched with dotted command-line overrides
+(``train.steps=50 model.n_layer=2``) and validated before anything runs. Every
+stage reads only its own section (plus the artifacts of earlier stages), and the
+section's canonical JSON is part of the stage fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the field path."""
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.model_dump(mode="json"))
+
+
+def fingerprint_of(obj: Any) -> str:
+    """A short stable hash of a JSON-able object (keys sorted)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+class SourceConfig(Section):
+    """One input source. ``kind`` picks the reader; ``path`` is required for file sources."""
+
+    kind: Literal["shakespeare", "pydocs", "jsonl", "parquet", "txt"]
+    path: str | None = None
+    name: str | None = Field(None, description="label stored in the `source` column (default: kind or file stem)")
+    text_field: str = "text"
+    id_field: str | None = None
+    editions: list[Literal["modern", "folio"]] = Field(default_factory=lambda: ["modern", "folio"])
+    max_docs: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> SourceConfig:
+        if self.kind in ("jsonl", "parquet", "txt") and not self.path:
+            raise ValueError(f"source kind '{self.kind}' needs a `path`")
+        return self
+
+
+class CorpusConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig(kind="shakespeare")], min_length=1)
+    normalize: Literal["NFC", "NFKC", "none"] = "NFC"
+    dedup: bool = True
+    min_chars: int = Field(200, ge=0)
+    max_chars: int | None = Field(None, gt=0)
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    cache_dir: str | None = Field(None, description="download cache (default: $KILN_CACHE or ~/.cache/kiln)")
+
+
+# ----------------------------------------------------------------------------- tokenizer / tokens
+
+
+class TokenizerConfig(Section):
+    kind: Literal["bpe"] = "bpe"
+    vocab_size: int = Field(4096, ge=512, le=2**20, description="includes 256 byte tokens and the special tokens")
+    min_frequency: int = Field(2, ge=1)
+
+
+class TokensConfig(Section):
+    dtype: Literal["auto", "uint16", "uint32"] = "auto"
+
+
+# ----------------------------------------------------------------------------- batches / model
+
+
+class DataConfig(Section):
+    seq_len: int = Field(256, ge=8)
+    packing: Literal["best_fit", "concat"] = "best_fit"
+    attention: Literal["document", "causal"] = Field(
+        "document",
+        description="document: block-diagonal causal mask, positions restart; causal: attend across documents",
+    )
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    n_layer: int = Field(4, ge=1)
+    n_head: int = Field(4, ge=1)
+    n_kv_head: int | None = Field(None, ge=1, description="grouped-query attention; None = n_head")
+    d_model: int = Field(256, ge=8)
+    ffn_hidden: int | None = Field(None, ge=1, description="SwiGLU hidden width; None = 8/3 d_model rounded to 64")
+    rope_base: float = Field(10000.0, gt=0)
+    tie_embeddings: bool = True
+    norm_eps: float = Field(1e-5, gt=0)
+    init_std: float = Field(0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({kv})")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError("head dimension d_model/n_head must be even for RoPE")
+        return self
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class TrainConfig(Section):
+    objective: Literal["clm"] = "clm"
+    steps: int = Field(1000, ge=1)
+    batch_tokens: int = Field(16384, ge=1, description="global batch size in tokens per optimizer step")
+    micro_batch_size: int = Field(16, ge=1, description="sequences per forward pass (per rank)")
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_steps: int = Field(50, ge=0, description="clamped to steps - 1")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="WSD: final fraction of steps spent decaying")
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    seed: int = 1337
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores)")
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(200, ge=1)
+    eval_sequences: int | None = Field(64, ge=1, description="validation sequences used during training; None = all")
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+# ----------------------------------------------------------------------------- eval / generate / report
+
+
+class EvalConfig(Section):
+    max_sequences: int | None = Field(None, ge=1, description="cap on validation sequences; None = whole split")
+
+
+class GenerateConfig(Section):
+    prompts: list[str] = Field(default_factory=lambda: ["ROMEO.", "To be, or not to be"])
+    max_new_tokens: int = Field(120, ge=1)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int | None = Field(50, ge=1)
+    top_p: float | None = Field(0.95, gt=0, le=1)
+    seed: int = 0
+
+
+class ReportConfig(Section):
+    samples: int = Field(3, ge=0, description="generated samples shown in the report")
+
+
+class Recipe(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    tokens: TokensConfig = Field(default_factory=TokensConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid recipe {origin}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        got = e.get("input")
+        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f", got {got!r}"
+        lines.append(f"  {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def apply_override(tree: dict, dotted: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    if "=" not in dotted:
+        raise RecipeError(f"override '{dotted}': expected KEY=VALUE, e.g. train.steps=50")
+    key, raw = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"override '{dotted}': {'.'.join(parts[: i + 1])} is not a valid list index")
+            node = node[int(part)]
+            continue
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict | list):
+            raise RecipeError(f"override '{dotted}': {'.'.join(parts[: i + 1])} is not a section")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise RecipeError(f"override '{dotted}': {key} is not a valid list index")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def resolve_recipe_path(spec: str | Path) -> Path:
+    """A recipe argument is a YAML path or the name of a built-in recipe (``demo``)."""
+    p = Path(spec)
+    if p.exists():
+        return p
+    builtin = RECIPES_DIR / f"{spec}.yaml"
+    if builtin.exists():
+        return builtin
+    names = ", ".join(sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")))
+    raise RecipeError(f"recipe '{spec}' not found: not a file, and not a built-in recipe ({names})")
+
+
+def load_recipe(spec: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a recipe file (or built-in name), apply overrides, validate. Raises RecipeError."""
+    tree: dict = {}
+    origin = "<defaults>"
+    if spec is not None:
+        path = resolve_recipe_path(spec)
+        origin = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise RecipeError(f"{path}: expected a mapping of sections at the top level")
+        tree = loaded or {}
+    for ov in overrides:
+        apply_override(tree, ov)
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, origin)) from None

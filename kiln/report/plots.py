@@ -1,0 +1,97 @@
+"""Run-report plots: small PNG charts drawn on an Agg canvas (no pyplot global state)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from kiln import atomic
+
+Series = Sequence[tuple[float, float]]
+"""Points as (x, y) pairs, typically (step, value)."""
+
+
+def _figure(width: float = 7.0, height: float = 3.4) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig, ax
+
+
+def _save(fig: Figure, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic.write_bytes(path, buf.getvalue())
+
+
+def _xy(points: Series) -> tuple[list[float], list[float]]:
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def funnel(steps: Sequence[str], removed: Sequence[int], path: Path) -> None:
+    """Horizontal bars: documents removed by each corpus step, first step on top."""
+    fig, ax = _figure(height=max(1.6, 0.45 * len(steps) + 0.9))
+    y = list(range(len(steps)))
+    ax.barh(y, list(removed), color="#c0504d")
+    ax.set_yticks(y, list(steps))
+    ax.invert_yaxis()
+    ax.set_xlabel("documents removed")
+    ax.set_title("Corpus funnel")
+    _save(fig, path)
+
+
+def loss(train: Series, val: Series, path: Path) -> None:
+    """Training loss (line) and validation loss (markers) against step."""
+    fig, ax = _figure()
+    if train:
+        ax.plot(*_xy(train), lw=1.0, color="#4f81bd", label="train loss")
+    if val:
+        ax.plot(*_xy(val), "o-", ms=4, lw=1.2, color="#c0504d", label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("Loss")
+    ax.legend()
+    _save(fig, path)
+
+
+def bpb(val: Series, path: Path, baseline: float | None = None) -> None:
+    """Validation bits per byte against step, with the unigram baseline as a dashed line."""
+    fig, ax = _figure()
+    ax.plot(*_xy(val), "o-", ms=4, lw=1.2, color="#9bbb59", label="val bpb")
+    if baseline is not None:
+        ax.axhline(baseline, ls="--", color="grey", label=f"unigram baseline ({baseline:.3f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per byte")
+    ax.set_title("Validation bits per byte")
+    ax.legend()
+    _save(fig, path)
+
+
+def throughput(tokens_per_s: Series, path: Path, mfu: Series = ()) -> None:
+    """Tokens per second against step; model FLOPs utilisation on a second axis when logged."""
+    fig, ax = _figure()
+    steps, values = _xy(tokens_per_s)
+    lines = ax.plot(steps, values, lw=1.0, color="#4f81bd", label="tokens/s")
+    ax.set_ylim(0, 1.1 * max(max(values), 1e-9))
+    ax.set_xlabel("step")
+    ax.set_ylabel("tokens / s")
+    ax.set_title("Throughput")
+    if mfu:
+        ax2 = ax.twinx()
+        steps, values = _xy(mfu)
+        pct = [100 * v for v in values]
+        lines += ax2.plot(steps, pct, lw=1.0, color="#f79646", alpha=0.8, label="MFU")
+        ax2.set_ylim(0, 1.1 * max(max(pct), 1e-9))
+        ax2.set_ylabel("MFU (%)")
+        ax2.spines["top"].set_visible(False)
+    ax.legend(handles=lines, loc="lower right")
+    _save(fig, path)

@@ -1,0 +1,202 @@
+"""The training loop: objective-agnostic, resumable, logging every step.
+
+nanoGPT-style loop (Karpathy 2022) with OLMo-style token-denominated batches: each
+optimizer step consumes ``train.batch_tokens`` tokens as ``batch_tokens / seq_len``
+packed rows, split into micro-batches for gradient accumulation. The loss of a step is
+the sum of per-target losses divided by the step's target count, so accumulation gives
+exactly the full-batch gradient. Logged every ``log_every`` steps to metrics.jsonl:
+loss, lr, grad norm, tokens/s, MFU (GPU); validation loss and bits-per-byte every
+``eval_every`` steps; checkpoints every ``checkpoint_every`` steps and at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kiln.data.loader import PackedLoader, iter_eval_batches
+from kiln.data.packing import Packing, pack
+from kiln.data.shards import TokenShard
+from kiln.eval.lm import autocast_for, evaluate_lm
+from kiln.model.config import TransformerConfig
+from kiln.model.flops import flops_per_token, mfu, peak_flops
+from kiln.objectives import build_objective
+from kiln.progress import log, progress_bar
+from kiln.recipe import Recipe
+from kiln.tokenizer.special import PAD, SPECIAL_IDS
+from kiln.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from kiln.train.metrics import MetricsLog
+from kiln.train.optim import build_optimizer, lr_at, set_lr
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use device=auto or cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainData:
+    train: TokenShard
+    val: TokenShard
+    train_packing: Packing
+    val_packing: Packing
+    token_bytes: np.ndarray
+
+
+def load_train_data(recipe: Recipe, tokens_dir: Path, token_bytes: np.ndarray) -> TrainData:
+    d = recipe.data
+    train, val = TokenShard(tokens_dir / "train"), TokenShard(tokens_dir / "val")
+    return TrainData(train, val, pack(train.doc_lengths(), d.seq_len, d.packing),
+                     pack(val.doc_lengths(), d.seq_len, d.packing), token_bytes)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, data: TrainData, vocab_size: int, out_dir: Path, metrics_path: Path):
+        self.recipe, self.data, self.out_dir = recipe, data, Path(out_dir)
+        cfg = recipe.train
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        seed_everything(cfg.seed)
+        self.model_config = TransformerConfig.from_recipe(recipe.model, vocab_size, recipe.data.seq_len)
+        self.model = self.model_config.build().to(self.device)
+        self.objective = build_objective(cfg.objective)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.pad_id = SPECIAL_IDS[PAD]
+        self.loader = PackedLoader(data.train, data.train_packing, pad_id=self.pad_id,
+                                   attention=recipe.data.attention, seed=recipe.data.seed)
+        seq_len = recipe.data.seq_len
+        self.rows_per_step = max(cfg.batch_tokens // seq_len, 1)
+        self.flops_per_token = flops_per_token(self.model_config, seq_len)
+        self.peak = peak_flops(self.device)
+        self.metrics = MetricsLog(metrics_path)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self.step = 0
+        self.tokens_seen = 0
+
+    # ------------------------------------------------------------------ state
+    def resume_if_possible(self) -> bool:
+        ckpt = latest_checkpoint(self.ckpt_root)
+        if ckpt is None:
+            self.metrics.reset()
+            return False
+        state = load_training_state(ckpt, self.model, self.optimizer)
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.metrics.truncate_after(self.step)
+        log(f"train: resumed from {ckpt} (step {self.step}, {self.tokens_seen:,} tokens)")
+        return True
+
+    def save(self) -> Path:
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict()}
+        return save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, state,
+                               keep=self.recipe.train.keep_checkpoints)
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self) -> dict:
+        cfg = self.recipe.train
+        lr = lr_at(self.step, cfg)
+        set_lr(self.optimizer, lr)
+        micro = [b.to(self.device) for b in self.loader.next_step(self.rows_per_step, cfg.micro_batch_size)]
+        prepared = [self.objective.prepare(b) for b in micro]
+        n_targets = max(sum(p.n_targets for p in prepared), 1)
+        loss_total = 0.0
+        for p in prepared:
+            with autocast_for(self.device, self.precision):
+                loss_sum, _ = self.objective.loss(self.model, p)
+            (loss_sum / n_targets).backward()
+            loss_total += float(loss_sum.detach())
+        clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        n_tokens = sum(b.n_tokens for b in micro)
+        self.tokens_seen += n_tokens
+        return {"loss": loss_total / n_targets, "lr": lr, "grad_norm": grad_norm, "n_tokens": n_tokens}
+
+    def validate(self) -> dict:
+        cfg = self.recipe.train
+        batches = iter_eval_batches(self.data.val, self.data.val_packing, self.pad_id, self.recipe.data.attention,
+                                    cfg.micro_batch_size, max_rows=cfg.eval_sequences)
+        return evaluate_lm(self.model, batches, self.data.token_bytes, self.device, self.precision)
+
+    def _log_val(self) -> dict:
+        res = self.validate()
+        row = {"kind": "val", "step": self.step, "val_loss": res["loss"], "val_bpb": res["bpb"],
+               "tokens": self.tokens_seen}
+        self.metrics.append(row)
+        return row
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        cfg = self.recipe.train
+        self.resume_if_possible()
+        n_params = self.model.num_params()
+        log(f"train: {n_params / 1e6:.2f}M parameters ({self.model.num_params(non_embedding=True) / 1e6:.2f}M "
+            f"non-embedding), {self.rows_per_step} x {self.recipe.data.seq_len} tokens/step, device {self.device} "
+            f"{self.precision}, {self.loader.rows_per_epoch} rows/epoch")
+        if self.step == 0:
+            self._log_val()
+        start = time.perf_counter()
+        window_t, window_tokens = time.perf_counter(), 0
+        last_val: dict = {}
+        with progress_bar() as bar:
+            task = bar.add_task("train", total=cfg.steps, completed=self.step, info="")
+            while self.step < cfg.steps:
+                out = self.train_step()
+                window_tokens += out["n_tokens"]
+                if not math.isfinite(out["loss"]):
+                    raise FloatingPointError(f"train: loss is {out['loss']} at step {self.step}; lower train.lr or "
+                                             "check the data")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize()
+                    now = time.perf_counter()
+                    tps = window_tokens / max(now - window_t, 1e-9)
+                    row = {"kind": "train", "step": self.step, "loss": out["loss"], "lr": out["lr"],
+                           "grad_norm": out["grad_norm"], "tokens": self.tokens_seen, "tokens_per_s": tps,
+                           "mfu": mfu(tps, self.flops_per_token, self.peak), "elapsed_s": now - start}
+                    if self.device.type == "cuda":
+                        row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
+                    self.metrics.append(row)
+                    window_t, window_tokens = now, 0
+                    bar.update(task, completed=self.step,
+                               info=f"loss {out['loss']:.3f} lr {out['lr']:.2e} {tps / 1e3:.1f}k tok/s")
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    last_val = self._log_val()
+                    bar.update(task, info=f"val bpb {last_val['val_bpb']:.3f}")
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+        if not last_val:  # resumed after the final checkpoint: measure again rather than report nothing
+            last_val = self._log_val()
+        return {"n_params": n_params, "n_params_non_embedding": self.model.num_params(non_embedding=True),
+                "steps": self.step, "tokens": self.tokens_seen, "final_val_bpb": last_val.get("val_bpb"),
+                "final_val_loss": last_val.get("val_loss"), "checkpoint": str(latest_checkpoint(self.ckpt_root)),
+                "device": str(self.device), "precision": self.precision,
+                "train_seconds_this_session": round(time.perf_counter() - start, 2)}
