@@ -21,7 +21,12 @@ from kiln.recipe import Recipe, RecipeError, load_recipe
 from kiln.run import RunDir, RunError
 from kiln.stages import ORDER, run_pipeline
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode="rich")
+HELP = (
+    "kiln: turn a raw text corpus into a compact language model.\n\n"
+    "Every command takes an optional recipe (a YAML file or a built-in name such as 'demo') followed by dotted "
+    "overrides (train.steps=50 model.n_layer=2). Without a recipe, --run-dir reuses the run's saved recipe."
+)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode="rich")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 

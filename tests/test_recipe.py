@@ -15,7 +15,7 @@ def test_demo_recipe_loads_and_overrides():
     [
         ("train.lr=-1", "train.lr: Input should be greater than 0, got -1"),
         ("train.nope=1", "train.nope: unknown field"),
-        ("model.n_head=3", "model: d_model (256) must be divisible by n_head (3)"),
+        ("model.n_head=5", "model: d_model (192) must be divisible by n_head (5)"),
         ("data.packing=random", "data.packing: Input should be 'best_fit' or 'concat', got 'random'"),
         ("corpus.sources.0.kind=xml", "corpus.sources.0.kind"),
         ("nosection.x=1", "nosection: unknown field"),

@@ -21,7 +21,7 @@ SPLITS = ("train", "val")
 def encode_split(tok: Tokenizer, parquet: Path, prefix: Path, dtype: str, batch_rows: int = 512) -> dict:
     pf = pq.ParquetFile(parquet)
     n_docs = n_bytes = 0
-    with ShardWriter(prefix, dtype) as writer:
+    with ShardWriter(prefix, dtype, meta={"vocab_size": tok.get_vocab_size()}) as writer:
         batches = pf.iter_batches(batch_size=batch_rows, columns=["text"])
         total = -(-pf.metadata.num_rows // batch_rows)
         for batch in track(batches, f"tokens: {prefix.name}", total=total):
@@ -31,7 +31,8 @@ def encode_split(tok: Tokenizer, parquet: Path, prefix: Path, dtype: str, batch_
                 n_bytes += len(text.encode("utf-8"))
             n_docs += len(texts)
         writer.meta.update({"n_bytes": n_bytes})
-    return {"n_docs": n_docs, "n_bytes": n_bytes}
+        n_tokens = writer.n_tokens
+    return {"n_docs": n_docs, "n_tokens": n_tokens, "n_bytes": n_bytes}
 
 
 def encode_corpus(cfg: TokensConfig, tok: Tokenizer, corpus_dir: Path, out_dir: Path) -> dict:
