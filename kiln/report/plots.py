@@ -41,9 +41,12 @@ def funnel(steps: Sequence[str], removed: Sequence[int], path: Path) -> None:
     """Horizontal bars: documents removed by each corpus step, first step on top."""
     fig, ax = _figure(height=max(1.6, 0.45 * len(steps) + 0.9))
     y = list(range(len(steps)))
-    ax.barh(y, list(removed), color="#c0504d")
+    bars = ax.barh(y, list(removed), color="#c0504d")
+    ax.bar_label(bars, padding=3)
     ax.set_yticks(y, list(steps))
     ax.invert_yaxis()
+    ax.set_xlim(0, max([*removed, 1]) * 1.15)  # a sane axis even when nothing was removed
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("documents removed")
     ax.set_title("Corpus funnel")
     _save(fig, path)
