@@ -78,6 +78,8 @@ def _pipeline(args, run_dir, until=None, force=None, default=None) -> tuple[Reci
 
 
 def _print_summary(run: RunDir) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the job
+        return
     path = run.stage("eval") / "metrics.json"
     if path.exists():
         m = json.loads(path.read_text())

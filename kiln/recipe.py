@@ -65,7 +65,14 @@ class CorpusConfig(Section):
     dedup: bool = True
     min_chars: int = Field(200, ge=0)
     max_chars: int | None = Field(None, gt=0)
+    select: dict[str, list[Any]] = Field(
+        default_factory=dict, description="keep a document iff each named metadata field has one of the listed values")
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    split: Literal["hash", "tail"] = Field(
+        "hash", description="hash: whole documents by a hash of the id; tail: the last val_fraction of the "
+        "characters of the ordered concatenation (the document at the cut is split in two)")
+    split_order_by: list[str] = Field(
+        default_factory=list, description="tail split: metadata fields to sort by first (stable); [] = read order")
     split_seed: int = 0
     cache_dir: str | None = Field(None, description="download cache (default: $KILN_CACHE or ~/.cache/kiln)")
 
@@ -106,6 +113,8 @@ class ModelConfig(Section):
     tie_embeddings: bool = True
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
+    attention_backend: Literal["auto", "sdpa", "flex"] = Field(
+        "auto", description="document masks: auto = FlexAttention on CUDA, boolean-mask SDPA elsewhere")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -145,6 +154,21 @@ class TrainConfig(Section):
     eval_sequences: int | None = Field(64, ge=1, description="validation sequences used during training; None = all")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    loss_chunk_tokens: int | None = Field(
+        None, ge=1, description="LM loss over chunks of this many tokens, never the full logits; None = full")
+    stop_at_val_bpb: float | None = Field(
+        None, gt=0, description="stop (and checkpoint) at the first validation with val_bpb <= this")
+
+
+class ParallelConfig(Section):
+    """How training runs, not what it computes (kiln/train/parallel.py); not part of any stage fingerprint,
+    so a run may resume with another strategy, world size, compile or checkpointing setting."""
+
+    strategy: Literal["auto", "single", "ddp", "fsdp"] = Field(
+        "auto", description="auto: single at world size 1, else ddp below 1e9 parameters, else fsdp (FSDP2)")
+    compile: bool = Field(False, description="torch.compile each transformer block")
+    activation_checkpointing: Literal["none", "full", "selective"] = Field(
+        "none", description="full: recompute every block in backward; selective: every other block")
 
 
 # ----------------------------------------------------------------------------- eval / generate / report
@@ -175,6 +199,7 @@ class Recipe(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)

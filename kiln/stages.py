@@ -51,7 +51,11 @@ def _train(recipe: Recipe, run: RunDir, out: Path) -> dict:
 
     token_bytes = load_token_bytes(run.stage("tokenizer"))
     data = load_train_data(recipe, run.stage("tokens"), token_bytes)
-    return Trainer(recipe, data, len(token_bytes), out, run.metrics_path).fit()
+    trainer = Trainer(recipe, data, len(token_bytes), out, run.metrics_path)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
 def _eval(recipe: Recipe, run: RunDir, out: Path) -> dict:
@@ -104,7 +108,8 @@ def fingerprints(recipe: Recipe) -> dict[str, str]:
     return fps
 
 
-def _run_in_place(st: Stage, recipe: Recipe, run: RunDir, fp: str) -> dict:
+def prepare_in_place(st: Stage, run: RunDir, fp: str) -> Path:
+    """Open an in-place stage folder: refuse another configuration's leftovers, mark it with ``fp``."""
     folder = run.stage(st.name)
     marker = folder / "fingerprint.json"
     if folder.exists() and marker.exists():
@@ -115,7 +120,11 @@ def _run_in_place(st: Stage, recipe: Recipe, run: RunDir, fp: str) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)
     atomic.write_json(marker, {"fingerprint": fp})
-    return st.fn(recipe, run, folder)
+    return folder
+
+
+def _run_in_place(st: Stage, recipe: Recipe, run: RunDir, fp: str) -> dict:
+    return st.fn(recipe, run, prepare_in_place(st, run, fp))
 
 
 def run_stage(name: str, recipe: Recipe, run: RunDir, fps: dict[str, str], force: bool = False) -> dict:
@@ -153,6 +162,12 @@ def run_pipeline(recipe: Recipe, run: RunDir, until: str | None = None, only: st
             raise RunError(f"--force {f}: unknown stage; stages are {', '.join(ORDER)}")
     names = [only] if only else ORDER[: ORDER.index(until) + 1] if until else ORDER
     fps = fingerprints(recipe)
+    from kiln.train import dist
+
+    if dist.launched_by_torchrun():  # torchrun: rank 0 runs all but train, every rank trains
+        from kiln.stages_dist import run_pipeline_ranked
+
+        return run_pipeline_ranked(recipe, run, names, fps, force)
     results = {}
     with run.lock():
         run.write_recipe(recipe)

@@ -1,9 +1,11 @@
 """Cleaning: an ordered pipeline of steps, each reporting what it removed (or changed) and why.
 
-Steps: ``normalize`` (Unicode form, ``\\n`` line endings, no trailing whitespace on lines, no
-leading/trailing blank lines; changes documents, removes none), ``empty``, ``length``
-(``min_chars`` <= len(text) <= ``max_chars``), ``dedup`` (exact: sha256 of the normalised text,
-first occurrence kept). Then :func:`split_docs` assigns each document to train or validation.
+Steps: ``select`` (metadata filter, only if ``corpus.select`` is set), ``normalize`` (Unicode form,
+``\\n`` line endings, no trailing whitespace on lines, no leading/trailing blank lines; changes
+documents, removes none), ``empty``, ``length`` (``min_chars`` <= len(text) <= ``max_chars``),
+``dedup`` (exact: sha256 of the normalised text, first occurrence kept). Then :func:`split_docs`
+assigns each document to train or validation, or :func:`split_tail` holds out the tail of the
+ordered concatenation (``corpus.split: tail``).
 """
 
 from __future__ import annotations
@@ -120,7 +122,20 @@ def step_dedup(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepRepor
     return out, rep
 
 
+def step_select(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
+    """``corpus.select``: keep a document iff every named metadata field holds one of the listed values."""
+
+    def why(doc: Doc) -> str | None:
+        for key, allowed in cfg.select.items():
+            if doc.get(key) not in allowed:
+                return f"not selected: {key}={doc.get(key)!r} not in {allowed}"
+        return None
+
+    return _filter("select", docs, why)
+
+
 STEPS: dict[str, Callable[[list[Doc], CorpusConfig], tuple[list[Doc], StepReport]]] = {
+    "select": step_select,
     "normalize": step_normalize,
     "empty": step_empty,
     "length": step_length,
@@ -132,7 +147,7 @@ def clean(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], list[StepRepor
     """Run the steps in order (``dedup`` only if ``cfg.dedup``); return kept docs and the funnel."""
     reports = []
     for name, step in STEPS.items():
-        if name == "dedup" and not cfg.dedup:
+        if (name == "dedup" and not cfg.dedup) or (name == "select" and not cfg.select):
             continue
         docs, rep = step(docs, cfg)
         reports.append(rep)
@@ -173,4 +188,59 @@ def split_docs(docs: list[Doc], fraction: float, seed: int) -> tuple[list[Doc], 
         train_docs=len(train), val_docs=len(val),
         train_bytes=sum(nbytes(d["text"]) for d in train), val_bytes=sum(nbytes(d["text"]) for d in val),
     )  # fmt: skip
+    return train, val, info
+
+
+TAIL_SUFFIX = "#tail"
+
+
+def _order_key(doc: Doc, fields: list[str]) -> tuple:
+    """Missing values first, then numbers in numeric order, then anything else by its string form."""
+    key: list[tuple] = []
+    for f in fields:
+        v = doc.get(f)
+        if v is None:
+            key.append((0, 0.0, ""))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            key.append((1, float(v), ""))
+        else:
+            key.append((2, 0.0, str(v)))
+    return tuple(key)
+
+
+def split_tail(docs: list[Doc], fraction: float, order_by: list[str]) -> tuple[list[Doc], list[Doc], dict[str, Any]]:
+    """``(train, val, info)``: val is the last ``fraction`` of the characters of the documents' concatenation.
+
+    Documents are first sorted (stably) by the ``order_by`` metadata fields, then laid end to end; the
+    cut sits at character ``len(concat) - round(fraction * len(concat))``. Documents wholly after it
+    are val, those before it train; the one the cut falls inside is split in two: its head keeps its
+    id in train, its tail goes to val as ``{id}#tail``. So the train texts followed by the val texts
+    are exactly the concatenation, and val holds exactly ``round(fraction * total)`` characters. This is
+    nanoGPT's ``shakespeare_char`` hold-out (the last 10% of one file) made document-aware.
+    """
+    ordered = sorted(docs, key=lambda d: _order_key(d, order_by)) if order_by else list(docs)
+    total = sum(len(d["text"]) for d in ordered)
+    n_val = round(fraction * total)
+    cut = total - n_val
+    train: list[Doc] = []
+    val: list[Doc] = []
+    offset, straddler = 0, None
+    for doc in ordered:
+        end = offset + len(doc["text"])
+        if end <= cut:
+            train.append(doc)
+        elif offset >= cut:
+            val.append(doc)
+        else:
+            k = cut - offset
+            train.append({**doc, "text": doc["text"][:k]})
+            val.append({**doc, "id": doc["id"] + TAIL_SUFFIX, "text": doc["text"][k:]})
+            straddler = doc["id"]
+        offset = end
+    info: dict[str, Any] = {
+        "rule": "tail", "val_fraction": fraction, "order_by": order_by, "total_chars": total, "cut_char": cut,
+        "val_chars": n_val, "split_document": straddler, "first_val_id": val[0]["id"] if val else None,
+        "train_docs": len(train), "val_docs": len(val),
+        "train_bytes": sum(nbytes(d["text"]) for d in train), "val_bytes": sum(nbytes(d["text"]) for d in val),
+    }  # fmt: skip
     return train, val, info

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kiln.atomic import staged_path, write_json
-from kiln.corpus.clean import clean, nbytes, split_docs
+from kiln.corpus.clean import clean, nbytes, split_docs, split_tail
 from kiln.corpus.sources import Doc, SourceError, cache_dir_for, read_source, source_label
 from kiln.progress import log, track
 from kiln.recipe import CorpusConfig
@@ -99,7 +99,10 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict:
     docs, stats = read_all(cfg)
     schema = corpus_schema(docs)
     kept, steps = clean(docs, cfg)
-    train, val, split = split_docs(kept, cfg.val_fraction, cfg.split_seed)
+    if cfg.split == "tail":
+        train, val, split = split_tail(kept, cfg.val_fraction, cfg.split_order_by)
+    else:
+        train, val, split = split_docs(kept, cfg.val_fraction, cfg.split_seed)
     for name, part in (("train", train), ("val", val)):
         for doc in part:
             stats[doc["source"]][f"{name}_docs"] = stats[doc["source"]].get(f"{name}_docs", 0) + 1

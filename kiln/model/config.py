@@ -42,6 +42,7 @@ class TransformerConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    attention_backend: str = "auto"  # auto | sdpa | flex: how document masks run (kiln/model/flex.py)
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:

@@ -8,7 +8,8 @@ tokens -> embedding -> n_layer x Block -> RMSNorm -> hidden states (B, T, d_mode
 - RoPE (Su et al. 2021): queries and keys are rotated by an angle proportional to their position;
   positions are given per token, so packed documents can restart at 0.
 - Grouped-query attention (Ainslie et al. 2023): ``n_kv_head`` key/value heads shared by groups of
-  ``n_head / n_kv_head`` query heads; the kernel is ``F.scaled_dot_product_attention``.
+  ``n_head / n_kv_head`` query heads; the kernel is ``F.scaled_dot_product_attention``, or
+  FlexAttention block masks for packed documents on GPU (``flex.py``, ``attention_backend``).
 - SwiGLU MLP (Shazeer 2020): ``down(silu(gate(x)) * up(x))``.
 
 No biases anywhere. The heads (LM head, ...) live in ``heads.py``; parallelism, compile and
@@ -25,8 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kiln.model.config import TransformerConfig
+from kiln.model.flex import document_block_mask, flex_attend, is_block_mask, use_flex
 
 if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
+
     from kiln.infer.generate import KVCache
 
 
@@ -114,7 +118,7 @@ class Attention(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        mask: Tensor | None,
+        mask: Tensor | BlockMask | None,
         is_causal: bool,
         kv_cache: KVCache | None = None,
     ) -> Tensor:
@@ -125,6 +129,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # all keys/values so far: (B, Hkv, L + T, hd)
+        if is_block_mask(mask):  # FlexAttention document mask (kiln/model/flex.py): GQA without repeating k/v
+            return self.wo(flex_attend(q, k, v, mask).transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
         if self.n_kv_head != self.n_head:  # each kv head serves n_head / n_kv_head consecutive query heads
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -160,7 +166,7 @@ class Block(nn.Module):
         x: Tensor,
         cos: Tensor,
         sin: Tensor,
-        mask: Tensor | None,
+        mask: Tensor | BlockMask | None,
         is_causal: bool,
         kv_cache: KVCache | None = None,
     ) -> Tensor:
@@ -227,7 +233,10 @@ class Transformer(nn.Module):
             cos, sin = cos[None, None], sin[None, None]  # (1, 1, T, hd/2)
         else:  # gather per token: (B, 1, T, hd/2)
             cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
-        mask, is_causal = attention_mask(segments, T, start + T, tokens.device)
+        if segments is not None and kv_cache is None and use_flex(self.config.attention_backend, tokens.device):
+            mask, is_causal = document_block_mask(segments), False
+        else:
+            mask, is_causal = attention_mask(segments, T, start + T, tokens.device)
 
         x = self.tok_emb(tokens)
         for block in self.blocks:

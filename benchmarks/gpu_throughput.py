@@ -1,0 +1,315 @@
+"""Training throughput: kiln's decoder vs Hugging Face Llama and GPT-2 of the same shape, one process.
+
+    python benchmarks/gpu_throughput.py [--out DIR] [--budget-s 200]     # GPT-2-small shape on a GPU
+    python benchmarks/gpu_throughput.py --smoke                          # tiny shape on CPU (import check)
+
+Every row runs the same raw loop on the same random batch: forward under bf16 autocast (GPU), full
+logits and fp32 cross-entropy, backward, AdamW (fused on CUDA), zero_grad. ``warmup`` steps (compile
+included) then ``steps`` timed steps between synchronisations. MFU uses ONE formula for all three
+models, :func:`kiln.model.flops.flops_per_token` of the kiln config (6 N + 12 L d T, PaLM appendix B):
+the shapes are equal in matmul parameters (SwiGLU 3 x 768 x 2048 = GELU 2 x 768 x 3072), so tokens/s
+is the comparison and MFU its scale. Rows:
+
+- ``kiln`` causal; ``kiln doc`` packed documents (random lengths 64..768) with document masks:
+  FlexAttention block masks on CUDA (kiln/model/flex.py), the boolean SDPA mask on CPU;
+- ``kiln ... +ac``: full activation checkpointing of every block, applied here with
+  ``torch.utils.checkpoint`` (non-reentrant) around each block's forward;
+- ``hf-llama`` (``LlamaForCausalLM``), ``hf-gpt2`` (``GPT2LMHeadModel``, dropout 0), built from config,
+  random init, ``attn_implementation="sdpa"``, tied embeddings like kiln;
+- each ``eager`` and ``compiled`` (``torch.compile`` of the whole model). Rows run in priority order
+  and are skipped (reported as such) once ``--budget-s`` is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere: kiln importable
+from kiln.model.config import TransformerConfig  # noqa: E402
+from kiln.model.flops import flops_per_token, peak_flops  # noqa: E402
+
+
+@dataclass
+class Shape:
+    n_layer: int = 12
+    d_model: int = 768
+    n_head: int = 12
+    vocab: int = 50304
+    seq: int = 1024
+    batch: int = 16
+
+    @property
+    def ffn(self) -> int:  # SwiGLU width with the parameters of a 4 d GELU MLP (8/3 d, multiple of 64)
+        return TransformerConfig(vocab_size=8, max_seq_len=8, d_model=self.d_model, n_head=self.n_head).ffn_hidden
+
+
+GPT2_SMALL = Shape()
+CPU_SMALL = Shape(n_layer=4, d_model=256, n_head=4, vocab=4096, seq=256, batch=8)
+SMOKE = Shape(n_layer=2, d_model=64, n_head=4, vocab=512, seq=64, batch=4)
+
+# (name, model kind, document masks, activation checkpointing, compiled), in priority order
+ROWS: list[tuple[str, str, bool, bool, bool]] = [
+    ("kiln eager", "kiln", False, False, False),
+    ("kiln doc eager", "kiln", True, False, False),
+    ("hf-llama eager", "llama", False, False, False),
+    ("hf-gpt2 eager", "gpt2", False, False, False),
+    ("kiln compiled", "kiln", False, False, True),
+    ("hf-llama compiled", "llama", False, False, True),
+    ("kiln doc compiled", "kiln", True, False, True),
+    ("kiln compiled +ac", "kiln", False, True, True),
+    ("hf-gpt2 compiled", "gpt2", False, False, True),
+    ("kiln doc compiled +ac", "kiln", True, True, True),
+]
+
+
+def kiln_config(s: Shape) -> TransformerConfig:
+    return TransformerConfig(vocab_size=s.vocab, max_seq_len=s.seq, n_layer=s.n_layer, n_head=s.n_head,
+                             d_model=s.d_model)
+
+
+def packed_documents(s: Shape, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(segments, positions) for rows packed with documents of 64..768 tokens (the last one cut)."""
+    seg = torch.empty(s.batch, s.seq, dtype=torch.long)
+    pos = torch.empty(s.batch, s.seq, dtype=torch.long)
+    lo, hi = max(s.seq // 16, 2), max(3 * s.seq // 4, 3)
+    for b in range(s.batch):
+        i, k = 0, 0
+        while i < s.seq:
+            n = min(int(torch.randint(lo, hi, (1,), generator=gen)), s.seq - i)
+            seg[b, i : i + n], pos[b, i : i + n] = k, torch.arange(n)
+            i, k = i + n, k + 1
+    return seg, pos
+
+
+class _Checkpointed(nn.Module):
+    """Full activation checkpointing of one block: recompute its forward during backward."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args: object) -> torch.Tensor:
+        return checkpoint(self.block, *args, use_reentrant=False)
+
+
+def build(kind: str, s: Shape, ac: bool) -> tuple[nn.Module, Callable[..., torch.Tensor]]:
+    """(model, logits_fn(model, tokens, segments, positions))."""
+    if kind == "kiln":
+        model = kiln_config(s).build()
+        if ac:
+            model.backbone.blocks = nn.ModuleList(_Checkpointed(b) for b in model.backbone.blocks)
+        return model, lambda m, t, seg, pos: m(t, positions=pos, segments=seg)
+    if kind == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=s.vocab, hidden_size=s.d_model, intermediate_size=s.ffn,
+                          num_hidden_layers=s.n_layer, num_attention_heads=s.n_head, num_key_value_heads=s.n_head,
+                          max_position_embeddings=s.seq, tie_word_embeddings=True, attn_implementation="sdpa")
+        model = LlamaForCausalLM(cfg)
+    else:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        cfg = GPT2Config(vocab_size=s.vocab, n_positions=s.seq, n_embd=s.d_model, n_layer=s.n_layer, n_head=s.n_head,
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+                         attn_implementation="sdpa")
+        model = GPT2LMHeadModel(cfg)
+    if ac:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, lambda m, t, seg, pos: m(input_ids=t, use_cache=False).logits
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_row(row: tuple[str, str, bool, bool, bool], s: Shape, device: torch.device, warmup: int, steps: int,
+            data: dict[str, torch.Tensor]) -> dict:
+    name, kind, doc, ac, compiled = row
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model, logits_fn = build(kind, s, ac)
+    model = model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=device.type == "cuda")
+    fwd = torch.compile(model) if compiled else model
+    seg, pos = (data["segments"], data["positions"]) if doc else (None, None)
+    tokens, targets = data["tokens"], data["targets_doc" if doc else "targets"]
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext())
+
+    def step() -> torch.Tensor:
+        with amp:
+            logits = logits_fn(fwd, tokens, seg, pos)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        loss = step()
+    _sync(device)
+    warm_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    _sync(device)
+    dt = (time.perf_counter() - t0) / steps
+    n_params = sum(p.numel() for p in model.parameters())
+    tps = s.batch * s.seq / dt
+    fpt = flops_per_token(kiln_config(s), s.seq)
+    peak = peak_flops(device)
+    res = {"row": name, "model": kind, "doc_mask": doc, "act_ckpt": ac, "compiled": compiled,
+           "params_m": round(n_params / 1e6, 2), "ms_per_step": round(dt * 1e3, 2), "tokens_per_s": round(tps),
+           "mfu": round(tps * fpt / peak, 4) if peak else None, "warmup_s": round(warm_s, 1),
+           "final_loss": round(float(loss.detach()), 4),
+           "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None}
+    return res
+
+
+def run_suite(s: Shape, device: torch.device, rows: list[tuple[str, str, bool, bool, bool]], warmup: int,
+              steps: int, budget_s: float, out: Path | None, label: str) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, s.vocab, (s.batch, s.seq + 1), generator=gen)
+    seg, pos = packed_documents(s, gen)
+    targets = tokens[:, 1:].clone()
+    targets[:, :-1][seg[:, 1:] != seg[:, :-1]] = -100  # no target across a document boundary (doc rows only)
+    data = {"tokens": tokens[:, :-1].to(device), "targets": tokens[:, 1:].to(device), "segments": seg.to(device),
+            "positions": pos.to(device), "targets_doc": targets.to(device)}
+    has_hf = _has_transformers()
+    start, results = time.perf_counter(), []
+    for row in rows:
+        if row[1] != "kiln" and not has_hf:
+            results.append({"row": row[0], "skipped": "transformers not installed"})
+        elif time.perf_counter() - start > budget_s:
+            results.append({"row": row[0], "skipped": f"time budget {budget_s:.0f} s spent"})
+        else:
+            try:
+                results.append(run_row(row, s, device, warmup, steps, data))
+            except Exception as exc:  # keep going: one failing row must not hide the others
+                results.append({"row": row[0], "error": f"{type(exc).__name__}: {exc}"[:500]})
+            gc.collect()  # the row's model and optimizer are gone with run_row's frame
+            torch._dynamo.reset()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        print(_fmt(results[-1]), flush=True)
+    meta = {"benchmark": label, "shape": asdict(s), "device": _device_name(device), "torch": torch.__version__,
+            "warmup": warmup, "steps": steps, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
+            "flops_per_token": flops_per_token(kiln_config(s), s.seq),
+            "mfu_formula": "kiln.model.flops.flops_per_token(kiln config) for every row", "rows": results}
+    try:
+        meta["loss_memory"] = loss_memory(s, device)
+    except Exception as exc:
+        meta["loss_memory"] = f"{type(exc).__name__}: {exc}"[:500]
+    print_table(results, meta)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{label}.json").write_text(json.dumps(meta, indent=2))
+    return results
+
+
+def loss_memory(s: Shape, device: torch.device, chunk_tokens: int = 4096) -> list[dict]:
+    """LM head + loss alone (forward + backward) at the shape's batch: full logits vs chunked
+    cross-entropy (kiln/objectives/losses.py); peak memory above the inputs and time per call."""
+    from kiln.objectives.losses import chunked_cross_entropy, plain_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    n = s.batch * s.seq
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    hidden = torch.randn(n, s.d_model, generator=gen).to(device, dtype).requires_grad_()
+    weight = (torch.randn(s.vocab, s.d_model, generator=gen) * 0.02).to(device).requires_grad_()
+    targets = torch.randint(0, s.vocab, (n,), generator=gen).to(device)
+    out = []
+    for name, fn in (("full logits", lambda: plain_cross_entropy(hidden, weight, targets)),
+                     (f"chunked ({chunk_tokens} tokens)", lambda: chunked_cross_entropy(hidden, weight, targets,
+                                                                                       chunk_tokens))):
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        for _ in range(2):  # the second call is measured
+            hidden.grad = weight.grad = None
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+            t0 = time.perf_counter()
+            with amp:
+                loss = fn()
+            loss.backward()
+            _sync(device)
+            dt = time.perf_counter() - t0
+        peak = (torch.cuda.max_memory_allocated() - base) / 1e9 if device.type == "cuda" else None
+        out.append({"loss": name, "tokens": n, "vocab": s.vocab, "ms": round(dt * 1e3, 1),
+                    "peak_extra_gb": round(peak, 2) if peak is not None else None,
+                    "value": round(float(loss.detach()) / n, 5)})
+        print(f"loss memory: {name:24s} {out[-1]['ms']:>8.1f} ms  peak above inputs "
+              f"{out[-1]['peak_extra_gb'] if peak is not None else '-'} GB  (mean loss {out[-1]['value']})")
+    return out
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu x{torch.get_num_threads()} threads"
+
+
+def _fmt(r: dict) -> str:
+    if "tokens_per_s" not in r:
+        return f"{r['row']:24s} {r.get('skipped') or r.get('error')}"
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+    mem = f"{r['peak_mem_gb']:.1f} GB" if r["peak_mem_gb"] is not None else "-"
+    return (f"{r['row']:24s} {r['tokens_per_s']:>10,} tok/s  {r['ms_per_step']:>8.1f} ms  MFU {mfu:>6s}  "
+            f"mem {mem:>8s}  params {r['params_m']}M  warmup {r['warmup_s']} s")
+
+
+def print_table(results: list[dict], meta: dict) -> None:
+    print(f"\n{meta['benchmark']}: {meta['device']}, torch {meta['torch']}, shape {meta['shape']}, "
+          f"{meta['warmup']} warmup + {meta['steps']} timed steps")
+    for r in results:
+        print(_fmt(r))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shape on CPU, 1 + 2 steps")
+    ap.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--budget-s", type=float, default=200.0, help="start no new row after this many seconds")
+    ap.add_argument("--rows", default="", help="comma-separated row names (default: all)")
+    args = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    shape = SMOKE if args.smoke or device.type == "cpu" else GPT2_SMALL
+    rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    if args.smoke:
+        rows = [r for r in rows if not r[4]]
+        args.warmup, args.steps = 1, 2
+    run_suite(shape, device, rows, args.warmup, args.steps, args.budget_s, args.out, "gpu_throughput")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Document-masked attention with FlexAttention block masks (Dong et al. 2024, "Flex Attention: A
+Programming Model for Generating Optimized Attention Kernels").
+
+A boolean (B, 1, T, T) mask keeps SDPA off its flash kernel and costs O(T^2) memory per row. A
+FlexAttention ``BlockMask`` instead records, per 128 x 128 tile, whether the tile is empty, full or
+partial; the fused kernel skips empty tiles (most of a packed row's off-diagonal blocks) and evaluates
+``mask_mod`` only inside partial ones. The rule is the same as :func:`kiln.model.transformer.attention_mask`:
+query i sees key j iff ``j <= i`` and both tokens are in the same segment (padding, -1, is a segment of its
+own, so no row is empty).
+
+Backends (``model.attention_backend``): ``sdpa`` always uses the boolean mask; ``flex`` uses block masks
+whenever segments are given; ``auto`` uses flex on CUDA (when importable) and SDPA elsewhere. FlexAttention
+has no backward on CPU, so on CPU ``flex`` is for inference and tests only.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "sdpa", "flex")
+
+try:  # FlexAttention landed in torch 2.5
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+    HAS_FLEX = True
+except ImportError:  # pragma: no cover - older torch
+    BlockMask = None  # type: ignore[assignment,misc]
+    HAS_FLEX = False
+
+
+def use_flex(backend: str, device: torch.device) -> bool:
+    """Whether document masks on ``device`` go through FlexAttention under ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "sdpa":
+        return False
+    if backend == "flex":
+        if not HAS_FLEX:
+            raise RuntimeError("model.attention_backend=flex needs torch >= 2.5 (torch.nn.attention.flex_attention)")
+        return True
+    return HAS_FLEX and device.type == "cuda"
+
+
+def is_block_mask(mask: Any) -> bool:
+    return HAS_FLEX and isinstance(mask, BlockMask)
+
+
+def document_block_mask(segments: Tensor, block_size: int = 128) -> BlockMask:
+    """Causal, same-segment ``BlockMask`` for per-token segment ids (B, T); one per forward pass."""
+    B, T = segments.shape
+
+    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return (q_idx >= kv_idx) & (segments[b, q_idx] == segments[b, kv_idx])
+
+    # H=None: one mask broadcast over heads. On CUDA the mask is built by a compiled kernel, which
+    # avoids materialising B x T x T booleans; on CPU the eager path is fast enough for tests.
+    return create_block_mask(mask_mod, B, None, T, T, device=segments.device, BLOCK_SIZE=block_size,
+                             _compile=segments.is_cuda and not torch.compiler.is_compiling())
+
+
+@functools.cache
+def _compiled_flex() -> Callable[..., Tensor]:
+    """flex_attention compiled once per process (eager flex is a slow reference implementation)."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attend(q: Tensor, k: Tensor, v: Tensor, block_mask: BlockMask) -> Tensor:
+    """Attention (B, H, T, hd) under ``block_mask``; k and v may have fewer heads (GQA, no repeat)."""
+    gqa = k.shape[1] != q.shape[1]
+    if q.is_cuda:
+        return _compiled_flex()(q, k, v, block_mask=block_mask, enable_gqa=gqa)
+    with warnings.catch_warnings():  # CPU: the unfused reference path is what we want (tests, inference)
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=gqa)
