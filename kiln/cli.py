@@ -156,6 +156,40 @@ def generate(args: Args = None, run_dir: RunDirOpt = None,
         out.print(row["text"], highlight=False, markup=False)
 
 
+@app.command()
+def export(run_: Annotated[Path, typer.Argument(metavar="RUN", help="run directory (or a name under runs/)")],
+           out_dir: Annotated[Path, typer.Option("--out", help="folder to write")],
+           format_: Annotated[str, typer.Option("--format", help="hf: LlamaForCausalLM + tokenizer")] = "hf",
+           checkpoint: Annotated[Path | None, typer.Option(help="checkpoint folder (default: the run's last)")] = None,
+           dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+           verify: Annotated[bool, typer.Option(help="compare kiln's and transformers' logits first")] = True) -> None:
+    """Export a trained model (and its tokenizer) for another library: --format hf (Hugging Face transformers)."""
+    import torch
+
+    from kiln.model.hf import ExportError, export_hf
+    from kiln.train.checkpoint import latest_checkpoint, load_model
+
+    if format_ != "hf":
+        _fail(f"--format {format_}: unknown; formats are: hf")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        _fail(f"--dtype {dtype}: use float32, bfloat16 or float16")
+    if not run_.exists() and (Path("runs") / run_).is_dir():
+        run_ = Path("runs") / run_
+    run_dir = RunDir(run_)
+    ckpt = checkpoint or latest_checkpoint(run_dir.stage("train") / "checkpoints")
+    if ckpt is None:
+        _fail(f"{run_}: no checkpoint; train the run first (or give --checkpoint)")
+    model = _guarded(load_model, ckpt)
+    try:
+        summary = export_hf(model, out_dir, run_dir.stage("tokenizer"), dtype=getattr(torch, dtype), verify=verify)
+    except (ExportError, ImportError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    out.print(f"exported {ckpt} -> {summary['out']} ({summary['architecture']}, {summary['dtype']}"
+              + (f", max |logit diff| {summary['max_logit_diff']:.2e}" if "max_logit_diff" in summary else "") + ")")
+    if summary["dropped"]:
+        out.print(f"left out (not part of a causal LM): {', '.join(summary['dropped'])}")
+
+
 recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 

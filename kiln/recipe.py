@@ -8,34 +8,20 @@ section's canonical JSON is part of the stage fingerprint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from kiln.corpus.steps.registry import StepSpec
+from kiln.section import Section, fingerprint_of  # noqa: F401 - re-exported: kiln.recipe.Section, fingerprint_of
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be used; the message names the field path."""
-
-
-class Section(BaseModel):
-    """Base for every recipe section: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    def fingerprint(self) -> str:
-        return fingerprint_of(self.model_dump(mode="json"))
-
-
-def fingerprint_of(obj: Any) -> str:
-    """A short stable hash of a JSON-able object (keys sorted)."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -75,6 +61,11 @@ class CorpusConfig(Section):
         default_factory=list, description="tail split: metadata fields to sort by first (stable); [] = read order")
     split_seed: int = 0
     cache_dir: str | None = Field(None, description="download cache (default: $KILN_CACHE or ~/.cache/kiln)")
+    steps: list[StepSpec] | None = Field(
+        None, description="ordered curation steps ({step: name, ...params}); unset = normalize, empty, length "
+        "(min_chars/max_chars), dedup (if dedup)")
+    on_error: Literal["stop", "skip"] = Field(
+        "stop", description="a step raising on one document: stop (error naming step and id) or skip and count it")
 
 
 # ----------------------------------------------------------------------------- tokenizer / tokens
@@ -115,6 +106,13 @@ class ModelConfig(Section):
     init_std: float = Field(0.02, gt=0)
     attention_backend: Literal["auto", "sdpa", "flex"] = Field(
         "auto", description="document masks: auto = FlexAttention on CUDA, boolean-mask SDPA elsewhere")
+    attention: Literal["causal", "bidirectional", "prefix"] = Field(
+        "causal", description="default mask: decoder, encoder, or prefix-LM (objectives may pass their own)")
+    norm: Literal["pre", "post", "mix"] = Field(
+        "pre", description="norm placement; mix = Mix-LN: the first floor(mix_alpha * n_layer) layers post-norm")
+    mix_alpha: float = Field(0.25, ge=0, le=1)
+    positions: Literal["rope", "learned", "none"] = Field(
+        "rope", description="rope, learned absolute embeddings, or none (MP3)")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -123,7 +121,7 @@ class ModelConfig(Section):
         kv = self.n_kv_head or self.n_head
         if self.n_head % kv:
             raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({kv})")
-        if (self.d_model // self.n_head) % 2:
+        if (self.d_model // self.n_head) % 2 and self.positions == "rope":
             raise ValueError("head dimension d_model/n_head must be even for RoPE")
         return self
 
@@ -132,7 +130,9 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    objective: Literal["clm"] = "clm"
+    objective: Literal["clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "clm_mlm", "mixture"] = "clm"
+    objective_args: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the objective's class (kiln/objectives/)")
     steps: int = Field(1000, ge=1)
     batch_tokens: int = Field(16384, ge=1, description="global batch size in tokens per optimizer step")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward pass (per rank)")
@@ -214,7 +214,10 @@ class Recipe(Section):
 def _format_errors(err: ValidationError, origin: str) -> str:
     lines = [f"invalid recipe {origin}:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = list(e["loc"])
+        # a discriminated union (corpus.steps) puts the step name after the index: steps.2.length.x -> steps.2.x
+        loc = [p for i, p in enumerate(loc) if not (i >= 2 and loc[i - 2] == "steps" and isinstance(loc[i - 1], int))]
+        path = ".".join(str(p) for p in loc) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"

@@ -14,39 +14,15 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kiln.corpus.mix import base_id
+from kiln.corpus.report import EXAMPLE_CHARS, MAX_EXAMPLES, Doc, StepReport, nbytes
 from kiln.recipe import CorpusConfig
 
-Doc = dict[str, Any]
-MAX_EXAMPLES = 3
-EXAMPLE_CHARS = 200
+__all__ = ["Doc", "StepReport", "nbytes", "MAX_EXAMPLES", "EXAMPLE_CHARS"]
+
 _TRAILING_WS = re.compile(r"[^\S\n]+$", re.M)
-
-
-def nbytes(text: str) -> int:
-    return len(text.encode("utf-8"))
-
-
-@dataclass
-class StepReport:
-    """One funnel row. ``bytes_removed`` is input minus output bytes (so normalisation may count too)."""
-
-    step: str
-    docs_in: int = 0
-    docs_out: int = 0
-    docs_removed: int = 0
-    docs_changed: int = 0
-    bytes_removed: int = 0
-    examples: list[dict[str, str]] = field(default_factory=list)
-
-    def example(self, doc: Doc, reason: str, **extra: str) -> None:
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append({"id": doc["id"], "reason": reason, "text": doc["text"][:EXAMPLE_CHARS], **extra})
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def normalize_text(text: str, form: str) -> str:
@@ -171,7 +147,7 @@ def split_docs(docs: list[Doc], fraction: float, seed: int) -> tuple[list[Doc], 
     least 2 documents and none scored into val, the lowest-scoring one goes to val (``forced_val``);
     likewise if all scored into val, the highest-scoring one stays in train (``forced_train``).
     """
-    scores = [split_score(d["id"], seed) for d in docs]
+    scores = [split_score(base_id(d["id"]), seed) for d in docs]  # mixed copies follow their original
     in_val = [s < fraction for s in scores]
     info: dict[str, Any] = {"val_fraction": fraction, "seed": seed, "rule": "sha256(f'{seed}:{id}') < val_fraction",
                             "forced_val": None, "forced_train": None}  # fmt: skip

@@ -17,8 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kiln.atomic import staged_path, write_json
-from kiln.corpus.clean import clean, nbytes, split_docs, split_tail
+from kiln.corpus.clean import nbytes, split_docs, split_tail
+from kiln.corpus.pipeline import curate, write_removed
 from kiln.corpus.sources import Doc, SourceError, cache_dir_for, read_source, source_label
+from kiln.corpus.steps.base import StepContext
 from kiln.progress import log, track
 from kiln.recipe import CorpusConfig
 
@@ -98,7 +100,10 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict:
     out_dir = Path(out_dir)
     docs, stats = read_all(cfg)
     schema = corpus_schema(docs)
-    kept, steps = clean(docs, cfg)
+    ctx = StepContext(cache_dir=cache_dir_for(cfg), run_dir=out_dir.parent, out_dir=out_dir, seed=cfg.split_seed,
+                      on_error=cfg.on_error)
+    kept, steps = curate(docs, cfg, ctx)
+    write_removed(out_dir / "removed.parquet", ctx.removed)
     if cfg.split == "tail":
         train, val, split = split_tail(kept, cfg.val_fraction, cfg.split_order_by)
     else:

@@ -22,6 +22,8 @@ def sample(run: RunDir, cfg: GenerateConfig, device: torch.device) -> list[dict]
     if ckpt is None:
         raise FileNotFoundError(f"{run.stage('train')}: no checkpoint; run the train stage first")
     model = load_model(ckpt, device).eval()
+    if model.config.attention == "bidirectional":  # an encoder has no left-to-right decoding: no samples
+        return []
     tok = load_tokenizer(run.stage("tokenizer"))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     rows = []

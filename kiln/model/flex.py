@@ -4,9 +4,9 @@ Programming Model for Generating Optimized Attention Kernels").
 A boolean (B, 1, T, T) mask keeps SDPA off its flash kernel and costs O(T^2) memory per row. A
 FlexAttention ``BlockMask`` instead records, per 128 x 128 tile, whether the tile is empty, full or
 partial; the fused kernel skips empty tiles (most of a packed row's off-diagonal blocks) and evaluates
-``mask_mod`` only inside partial ones. The rule is the same as :func:`kiln.model.transformer.attention_mask`:
-query i sees key j iff ``j <= i`` and both tokens are in the same segment (padding, -1, is a segment of its
-own, so no row is empty).
+``mask_mod`` only inside partial ones. The rules are those of :mod:`kiln.model.attention`: query i sees key j
+iff both tokens are in the same segment (padding, -1, is a segment of its own, so no row is empty) and
+``j <= i`` (causal), always (bidirectional), or ``j <= i`` or j in i's prefix run (prefix-LM).
 
 Backends (``model.attention_backend``): ``sdpa`` always uses the boolean mask; ``flex`` uses block masks
 whenever segments are given; ``auto`` uses flex on CUDA (when importable) and SDPA elsewhere. FlexAttention
@@ -51,13 +51,30 @@ def is_block_mask(mask: Any) -> bool:
     return HAS_FLEX and isinstance(mask, BlockMask)
 
 
-def document_block_mask(segments: Tensor, block_size: int = 128) -> BlockMask:
-    """Causal, same-segment ``BlockMask`` for per-token segment ids (B, T); one per forward pass."""
-    B, T = segments.shape
+def document_block_mask(segments: Tensor, block_size: int = 128, *, mode: str = "causal",
+                        prefix_runs: Tensor | None = None) -> BlockMask:
+    """Same-segment ``BlockMask`` for per-token segment ids (B, T); one per forward pass.
 
-    def mask_mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    ``mode``: ``causal`` (key <= query), ``bidirectional`` (any key of the segment) or ``prefix`` (causal, plus
+    the keys of the query's own prefix run: ``prefix_runs`` (B, T), -1 outside a prefix; see
+    :func:`kiln.model.attention.prefix_runs`).
+    """
+    B, T = segments.shape
+    if mode == "prefix" and prefix_runs is None:
+        raise ValueError("prefix attention needs prefix_runs")
+
+    def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return (q_idx >= kv_idx) & (segments[b, q_idx] == segments[b, kv_idx])
 
+    def bidirectional(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return segments[b, q_idx] == segments[b, kv_idx]
+
+    def prefix(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        run_k = prefix_runs[b, kv_idx]
+        same_run = (prefix_runs[b, q_idx] == run_k) & (run_k >= 0)
+        return ((q_idx >= kv_idx) | same_run) & (segments[b, q_idx] == segments[b, kv_idx])
+
+    mask_mod = {"causal": causal, "bidirectional": bidirectional, "prefix": prefix}[mode]
     # H=None: one mask broadcast over heads. On CUDA the mask is built by a compiled kernel, which
     # avoids materialising B x T x T booleans; on CPU the eager path is fast enough for tests.
     return create_block_mask(mask_mod, B, None, T, T, device=segments.device, BLOCK_SIZE=block_size,

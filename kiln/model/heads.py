@@ -1,20 +1,33 @@
 """Heads on top of the backbone, and the LanguageModel that pairs the backbone with an LM head.
 
-Objectives call ``model.backbone(...)`` and then the head they need, so further heads (MLM,
-replaced-token detection, horizon length, pooler) can sit next to ``lm_head`` without touching
-the backbone.
+Objectives call ``model.backbone(...)`` and then the head they need. ``lm_head`` is always there (evaluation
+and generation use only it); the extra heads an objective needs are named in ``config.heads`` and live in
+``model.heads`` (an ``nn.ModuleDict``), so checkpoints save and rebuild them:
+
+=============  ==========================================================================================
+``mlm``        BERT's MLM head: dense, GELU, LayerNorm, then the tied embedding decoder + bias (Devlin 2019)
+``rtd``        replaced-token detection: Linear(d -> 1) logit per token (ELECTRA, Clark et al. 2020)
+``hlp``        horizon length: sigmoid(Linear(d -> 1)) per token (Ding et al. 2024)
+``position``   MP3 position classifier: Linear(d -> n_positions) (Zhai et al. 2022)
+``generator``  ELECTRA's small MLM generator reading the shared token embeddings (Clark et al. 2020)
+=============  ==========================================================================================
+
+:class:`Pooler` (mean or first token, no parameters) turns hidden states into one vector per sequence for
+classification or embeddings.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kiln.model.config import TransformerConfig
+from kiln.model.config import TransformerConfig, swiglu_hidden
 from kiln.model.transformer import Transformer
 
 if TYPE_CHECKING:
@@ -33,8 +46,138 @@ class LMHead(nn.Module):
         return F.linear(hidden, self.weight)
 
 
+@torch.no_grad()
+def init_head(module: nn.Module, std: float) -> None:
+    """N(0, std) for linear weights, zero biases, unit LayerNorm gains (BERT's initialisation)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class MLMHead(nn.Module):
+    """BERT's masked-LM head (Devlin et al. 2019): LayerNorm(GELU(dense(h))) @ embedding.T + bias.
+
+    The decoder is the token embedding table, passed in at call time (tied, never stored twice); ``in_dim``
+    may differ from the embedding width (ELECTRA's small generator projects up to it).
+    """
+
+    def __init__(self, in_dim: int, d_model: int, vocab_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_dim, d_model)
+        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, hidden: Tensor, embedding: Tensor) -> Tensor:
+        return F.linear(self.norm(F.gelu(self.dense(hidden))), embedding, self.bias)
+
+
+class ScalarHead(nn.Module):
+    """Linear(d -> 1) per token: a logit (``rtd``, ELECTRA's discriminator) or, with ``sigmoid``, a value in
+    (0, 1) (``hlp``, the fraction of the middle still to write)."""
+
+    def __init__(self, d_model: int, sigmoid: bool = False) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, 1)
+        self.sigmoid = sigmoid
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        out = self.proj(hidden).squeeze(-1)
+        return torch.sigmoid(out) if self.sigmoid else out
+
+
+class PositionHead(nn.Module):
+    """MP3's position classifier: Linear(d -> n_positions) logits per token (Zhai et al. 2022)."""
+
+    def __init__(self, d_model: int, n_positions: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, n_positions)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.proj(hidden)
+
+
+class Pooler(nn.Module):
+    """One vector per sequence (or packed segment): the mean over its real tokens, or its first token."""
+
+    def __init__(self, mode: Literal["mean", "first"] = "mean") -> None:
+        super().__init__()
+        if mode not in ("mean", "first"):
+            raise ValueError(f"pooler mode must be 'mean' or 'first', got {mode!r}")
+        self.mode = mode
+
+    def forward(self, hidden: Tensor, valid: Tensor | None = None) -> Tensor:
+        """hidden (B, T, d), valid (B, T) bool (None = all) -> (B, d)."""
+        if valid is None:
+            valid = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        if self.mode == "first":
+            first = valid.int().argmax(dim=1)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+        w = valid.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
+
+
+def generator_config(cfg: TransformerConfig, ratio: float) -> TransformerConfig:
+    """ELECTRA's generator: the discriminator's depth, width / heads / FFN scaled by ``ratio`` (1/4 for
+    Small, 1/3 for Base; Clark et al. 2020, sec. 3.2 and appendix), bidirectional, pre-norm, no extra heads."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"generator ratio must be in (0, 1], got {ratio}")
+    n_head = max(1, round(cfg.n_head * ratio))
+    head_dim = max(2, 2 * round(cfg.d_model * ratio / n_head / 2))
+    d_model = n_head * head_dim
+    return dataclasses.replace(cfg, d_model=d_model, n_head=n_head, n_kv_head=n_head, attention="bidirectional",
+                               norm="pre", ffn_hidden=swiglu_hidden(d_model, 16), heads={})
+
+
+class Generator(nn.Module):
+    """ELECTRA's generator: a small bidirectional Transformer on the discriminator's token embeddings
+    (projected d -> d_g), with an MLM head projecting back to d and decoding with the same embedding table
+    (the reference's shared embeddings with ``embedding_size`` != ``hidden_size``)."""
+
+    def __init__(self, cfg: TransformerConfig, ratio: float = 0.25) -> None:
+        super().__init__()
+        from kiln.model.transformer import Transformer
+
+        gcfg = generator_config(cfg, ratio)
+        self.in_proj = nn.Linear(cfg.d_model, gcfg.d_model, bias=False)
+        self.backbone = Transformer(gcfg, token_embedding=False)
+        self.mlm = MLMHead(gcfg.d_model, cfg.d_model, cfg.vocab_size, cfg.norm_eps)
+
+    def forward(self, tokens: Tensor, embedding: nn.Embedding, positions: Tensor | None = None,
+                segments: Tensor | None = None, select: Tensor | None = None) -> Tensor:
+        """MLM logits (B, T, V), or (n, V) at the positions where ``select`` (B, T) is True."""
+        hidden = self.backbone(None, positions, segments, inputs_embeds=self.in_proj(embedding(tokens)))
+        if select is not None:
+            hidden = hidden[select]
+        return self.mlm(hidden, embedding.weight)
+
+
+HEADS: dict[str, Callable[..., nn.Module]] = {
+    "mlm": lambda cfg: MLMHead(cfg.d_model, cfg.d_model, cfg.vocab_size, cfg.norm_eps),
+    "rtd": lambda cfg: ScalarHead(cfg.d_model),
+    "hlp": lambda cfg: ScalarHead(cfg.d_model, sigmoid=True),
+    "position": lambda cfg, n_positions=None: PositionHead(cfg.d_model, n_positions or cfg.max_seq_len),
+    "generator": lambda cfg, ratio=0.25: Generator(cfg, ratio),
+}
+
+
+def build_head(name: str, cfg: TransformerConfig, **kwargs: Any) -> nn.Module:
+    """The head called ``name`` (see ``HEADS``), initialised N(0, init_std)."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}; available: {', '.join(sorted(HEADS))}")
+    head = HEADS[name](cfg, **kwargs)
+    init_head(head, cfg.init_std)
+    if isinstance(head, Generator):
+        head.backbone.init_weights()
+    return head
+
+
 class LanguageModel(nn.Module):
-    """Backbone + LM head; ``forward`` returns next-token logits (B, T, vocab_size)."""
+    """Backbone + LM head (+ ``heads`` from ``config.heads``); ``forward`` returns LM logits (B, T, vocab)."""
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -45,6 +188,7 @@ class LanguageModel(nn.Module):
             self.lm_head.weight = self.backbone.tok_emb.weight
         else:
             nn.init.normal_(self.lm_head.weight, mean=0.0, std=config.init_std)
+        self.heads = nn.ModuleDict({name: build_head(name, config, **kw) for name, kw in config.heads.items()})
 
     def init_weights(self) -> None:
         """Re-initialise every weight (see :meth:`Transformer.init_weights`)."""
@@ -52,6 +196,10 @@ class LanguageModel(nn.Module):
         if not self.config.tie_embeddings:
             with torch.no_grad():
                 nn.init.normal_(self.lm_head.weight, mean=0.0, std=self.config.init_std)
+        for head in self.heads.values():
+            init_head(head, self.config.init_std)
+            if isinstance(head, Generator):
+                head.backbone.init_weights()
 
     def forward(
         self,
@@ -59,8 +207,10 @@ class LanguageModel(nn.Module):
         positions: Tensor | None = None,
         segments: Tensor | None = None,
         kv_cache: KVCache | None = None,
+        **attention: Any,
     ) -> Tensor:
-        return self.lm_head(self.backbone(tokens, positions, segments, kv_cache))
+        """LM logits; ``attention`` (``attention=``, ``prefix=``, ``mask=``) goes to the backbone."""
+        return self.lm_head(self.backbone(tokens, positions, segments, kv_cache, **attention))
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count, each shared tensor once. ``non_embedding`` leaves out the token

@@ -3,14 +3,19 @@
 An objective turns a packed token batch into model inputs and targets (``prepare``,
 cheap, done for all micro-batches of a step first so the loss can be normalised by
 the step's true target count), and turns model outputs into a summed loss and named
-metrics (``loss``). The trainer knows nothing of any particular objective.
+metrics (``loss``). The trainer knows nothing of any particular objective: it asks for the extra model
+``heads`` an objective needs, calls ``configure`` once (vocabulary, context, length of training, seed) and
+``begin_step`` before each step's micro-batches. Randomness in ``prepare`` comes from generators seeded by
+(seed, step, micro-batch), so a resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +37,32 @@ class Objective(ABC):
     # the loss then run chunk by chunk (kiln/objectives/losses.py); None = full logits. Set by the trainer
     # from ``train.loss_chunk_tokens``.
     loss_chunk_tokens: int | None = None
+    vocab_size: int = 0
+    seq_len: int = 0
+    total_steps: int = 1
+    seed: int = 0
+    step: int = 0
+    micro: int = 0  # micro-batches prepared so far in this step
+
+    @property
+    def heads(self) -> dict[str, dict[str, Any]]:
+        """Extra model heads this objective needs (``kiln.model.heads.HEADS`` name -> arguments)."""
+        return {}
+
+    def configure(self, *, vocab_size: int, seq_len: int, total_steps: int, seed: int) -> None:
+        """What ``prepare`` may need to know about the run; called once by the trainer."""
+        self.vocab_size, self.seq_len, self.total_steps, self.seed = vocab_size, seq_len, total_steps, seed
+
+    def begin_step(self, step: int) -> None:
+        """Called before the micro-batches of optimizer step ``step`` (0-based) are prepared."""
+        self.step, self.micro = step, 0
+
+    def next_generators(self) -> tuple[torch.Generator, np.random.Generator]:
+        """Fresh (torch, numpy) generators for the next micro-batch, seeded by (seed, step, micro)."""
+        key = [self.seed, self.step, self.micro]
+        self.micro += 1
+        torch_gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+        return torch_gen, np.random.default_rng(key)
 
     @abstractmethod
     def prepare(self, batch: Batch) -> Prepared:

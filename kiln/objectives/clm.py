@@ -30,6 +30,15 @@ def next_token_targets(batch: Batch) -> torch.Tensor:
     return targets
 
 
+def lm_loss_sum(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                chunk_tokens: int | None = None) -> torch.Tensor:
+    """Summed LM-head cross-entropy over ``targets`` != IGNORE (chunked when training with ``chunk_tokens``)."""
+    if chunk_tokens and torch.is_grad_enabled():
+        return chunked_cross_entropy(hidden, model.lm_head.weight, targets, chunk_tokens)
+    logits = model.lm_head(hidden)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
 class CausalLM(Objective):
     name = "clm"
 
@@ -42,7 +51,7 @@ class CausalLM(Objective):
 
     def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = prepared.tensors
-        hidden = model.backbone(t["tokens"], positions=t["positions"], segments=t.get("segments"))
+        hidden = model.backbone(t["tokens"], positions=t["positions"], segments=t.get("segments"), attention="causal")
         if self.loss_chunk_tokens and torch.is_grad_enabled():  # no full logits (kiln/objectives/losses.py)
             return chunked_cross_entropy(hidden, model.lm_head.weight, t["targets"], self.loss_chunk_tokens), {}
         logits = model.lm_head(hidden)

@@ -101,10 +101,13 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         seed_everything(cfg.seed)
-        self.model_config = TransformerConfig.from_recipe(recipe.model, vocab_size, recipe.data.seq_len)
-        self.model = self.model_config.build().to(self.device)
-        self.objective = build_objective(cfg.objective)
+        self.objective = build_objective(cfg.objective, **cfg.objective_args)
         self.objective.loss_chunk_tokens = cfg.loss_chunk_tokens
+        self.objective.configure(vocab_size=vocab_size, seq_len=recipe.data.seq_len, total_steps=cfg.steps,
+                                 seed=cfg.seed)
+        self.model_config = TransformerConfig.from_recipe(recipe.model, vocab_size, recipe.data.seq_len,
+                                                          heads=self.objective.heads)
+        self.model = self.model_config.build().to(self.device)
         par = recipe.parallel
         self.strategy = resolve_strategy(par.strategy, self.env.world_size, self.model.num_params())
         self._own_group = self.strategy == "fsdp" and not self.env.active
@@ -160,6 +163,7 @@ class Trainer:
         lr = lr_at(self.step, cfg)
         set_lr(self.optimizer, lr)
         micro = [b.to(self.device) for b in self.loader.next_step(self.rows_per_step, cfg.micro_batch_size)]
+        self.objective.begin_step(self.step)
         prepared = [self.objective.prepare(b) for b in micro]
         world = self.env.world_size
         # the global target count: DDP/FSDP2 average gradients over ranks, hence the factor world / n_targets

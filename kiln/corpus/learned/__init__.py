@@ -1,0 +1,1 @@
+"""Learned corpus filters: a fastText quality classifier and a kiln-checkpoint perplexity filter."""

@@ -1,0 +1,132 @@
+"""fastText quality classifier (Joulin et al. 2017, "Bag of Tricks for Efficient Text Classification").
+
+A linear bag-of-words/n-grams classifier is trained to tell *positive* documents (the kind to keep)
+from *negative* ones, then every document is scored with P(positive) and kept by a ``threshold`` or a
+``keep_fraction`` of the highest scores. This is the quality filter of GPT-3/Llama-style pipelines
+and of A Pretrainer's Guide (Longpre et al. 2023), which also evaluates the ``inverse`` filter (keep
+what the classifier rejects). The two classes are named in the recipe by selectors: a source label
+and/or metadata values within the corpus being built, or an external jsonl/txt file. The trained
+model is written to the corpus stage folder (``model_file``) so a run can be audited or re-scored.
+
+Text given to fastText: lowercased, whitespace (newlines included) collapsed to single spaces, cut to
+``max_chars`` characters. Training uses one thread and a fixed seed, so it is deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.corpus.artifacts import stage_dir
+from kiln.corpus.learned.params import DocSelector, FastTextQualityParams
+from kiln.corpus.learned.select import keep_threshold, keep_top_fraction
+from kiln.corpus.steps.base import Doc, StepContext, StepReport
+
+POS, NEG = "__label__pos", "__label__neg"
+_WS = re.compile(r"\s+")
+__all__ = ["DocSelector", "FastTextQualityParams", "fasttext_text", "gather_texts", "train_classifier",
+           "score_texts", "run"]
+
+
+def fasttext_text(text: str, max_chars: int) -> str:
+    """The line fastText sees for a document: lowercased, whitespace collapsed, at most ``max_chars``."""
+    return _WS.sub(" ", text[:max_chars].lower()).strip()
+
+
+def _matches(doc: Doc, sel: DocSelector) -> bool:
+    if sel.source is not None and doc.get("source") != sel.source:
+        return False
+    return all(doc.get(key) in allowed for key, allowed in sel.where.items())
+
+
+def gather_texts(sel: DocSelector, docs: list[Doc], ctx: StepContext | None = None) -> list[str]:
+    """Texts selected by ``sel``: from ``docs`` (corpus selectors) or read from its file (``ctx.resolve``d)."""
+    from kiln.corpus.sources import read_jsonl, read_txt
+
+    if sel.path is None:
+        found = [d["text"] for d in docs if _matches(d, sel)]
+    else:
+        path = ctx.resolve(sel.path) if ctx is not None else Path(sel.path).expanduser()
+        reader = read_txt(str(path), "external") if path.is_dir() or path.suffix == ".txt" else \
+            read_jsonl(str(path), "external", sel.text_field)
+        found = [d["text"] for d in reader]
+    return found[: sel.max_docs] if sel.max_docs else found
+
+
+def _fasttext() -> Any:
+    try:
+        import fasttext
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("the fasttext_quality step needs fastText: pip install fasttext-numpy2 "
+                          "(or fasttext / fasttext-wheel)") from exc
+    return fasttext
+
+
+def train_classifier(positive: list[str], negative: list[str], params: FastTextQualityParams,
+                     save_to: Path | None = None) -> Any:
+    """Train the supervised fastText model on the two text lists (single thread, seeded); save if asked."""
+    pos = [t for t in (fasttext_text(x, params.max_chars) for x in positive) if t]
+    neg = [t for t in (fasttext_text(x, params.max_chars) for x in negative) if t]
+    if not pos or not neg:
+        raise ValueError(f"fasttext_quality needs non-empty positive and negative sets (got {len(pos)} "
+                         f"positive, {len(neg)} negative documents)")
+    rng = np.random.default_rng(params.seed)
+    lines = [f"{POS} {t}" for t in pos] + [f"{NEG} {t}" for t in neg]
+    lines = [lines[i] for i in rng.permutation(len(lines))]
+    with tempfile.TemporaryDirectory() as tmp:
+        train_file = Path(tmp) / "train.txt"
+        train_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        model = _fasttext().train_supervised(
+            input=str(train_file), epoch=params.epoch, lr=params.lr, dim=params.dim, wordNgrams=params.word_ngrams,
+            minCount=params.min_count, bucket=params.bucket, thread=1, seed=params.seed, verbose=0, loss="softmax")
+    if save_to is not None:
+        model.save_model(str(save_to))
+    return model
+
+
+def score_texts(model: Any, texts: list[str], max_chars: int) -> np.ndarray:
+    """P(positive) of every text under ``model``."""
+    if not texts:
+        return np.zeros(0)
+    labels, probs = model.predict([fasttext_text(t, max_chars) for t in texts], k=2)
+    out = np.zeros(len(texts))
+    for i, (labs, ps) in enumerate(zip(labels, probs, strict=True)):
+        out[i] = next((float(p) for lab, p in zip(labs, ps, strict=True) if lab == POS), 0.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def run(docs: list[Doc], params: FastTextQualityParams, ctx: StepContext) -> tuple[list[Doc], StepReport]:
+    """Train on the named classes, score the documents in ``apply_to`` and keep them by the rule."""
+    rep = StepReport(ctx.step or params.step, docs_in=len(docs))
+    positive = [t for sel in params.positive for t in gather_texts(sel, docs, ctx)]
+    negative = [t for sel in params.negative for t in gather_texts(sel, docs, ctx)]
+    out_dir = stage_dir(ctx)
+    model = train_classifier(positive, negative, params, out_dir / params.model_file if out_dir else None)
+    targets = [i for i, d in enumerate(docs) if not params.apply_to or d.get("source") in params.apply_to]
+    scores = score_texts(model, [docs[i]["text"] for i in targets], params.max_chars)
+    if params.threshold is not None:
+        keep, rule = keep_threshold(scores, params.threshold), f"P(positive) < {params.threshold}"
+    else:
+        keep, rule = keep_top_fraction(scores, params.keep_fraction or 1.0), \
+            f"not in the top {params.keep_fraction:.0%} by P(positive)"
+    if params.inverse:
+        keep, rule = ~keep, "inverse filter: " + rule.replace("<", ">=").replace("not in", "in")
+    verdict = dict(zip(targets, zip(keep.tolist(), scores.tolist(), strict=True), strict=True))
+    out = []
+    for i, doc in enumerate(docs):
+        if i not in verdict:
+            out.append(doc)
+            continue
+        kept, score = verdict[i]
+        if params.score_field:
+            doc = {**doc, params.score_field: score}
+        if kept:
+            out.append(doc)
+        else:
+            ctx.remove(rep, doc, f"{rule} (score {score:.3f})")
+    rep.docs_out = len(out)
+    return out, rep
