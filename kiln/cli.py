@@ -65,7 +65,7 @@ def _guarded(fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except (RecipeError, RunError, CheckpointError, FileNotFoundError, ValueError, FloatingPointError) as exc:
+    except (RecipeError, RunError, CheckpointError, OSError, ValueError, FloatingPointError, MemoryError) as exc:
         if os.environ.get("KILN_DEBUG") == "1":
             raise
         _fail(str(exc))
@@ -128,10 +128,24 @@ for _name, _doc in [
 
 
 @app.command("eval")
-def eval_(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None) -> None:
-    """Validation loss, bits-per-byte and the unigram byte baseline of the final checkpoint."""
-    _, run_, _ = _pipeline(args, run_dir, until="eval", force=force)
+def eval_(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None,
+          probe: Annotated[str | None, typer.Option(
+              help="also probe a classification head: edition | genre | pydocs-module | column:NAME")] = None,
+          probe_steps: Annotated[int, typer.Option(help="fine-tuning steps of the probe (0 = linear only)")] = 150,
+          ) -> None:
+    """Validation loss, bits-per-byte and the unigram byte baseline of the final checkpoint (and --probe)."""
+    recipe, run_, _ = _pipeline(args, run_dir, until="eval", force=force)
     _print_summary(run_)
+    if probe is not None:
+        from kiln.eval.probe import ProbeConfig
+        from kiln.eval.stage import run_probe
+
+        cfg = ProbeConfig(seq_len=recipe.data.seq_len, seed=recipe.train.seed, finetune_steps=probe_steps)
+        res = _guarded(run_probe, recipe, run_, probe, cfg)
+        ft = f", fine-tune {res['finetune_acc']:.3f}" if "finetune_acc" in res else ""
+        out.print(f"probe {probe}: linear {res['linear_acc']:.3f}{ft}, majority baseline {res['majority_acc']:.3f} "
+                  f"({res['n_test']} held-out windows of {res['n_test_docs']} documents; classes "
+                  f"{', '.join(res['classes'])})", emoji=False, markup=False, highlight=False)
 
 
 @app.command()

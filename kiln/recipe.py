@@ -66,6 +66,11 @@ class CorpusConfig(Section):
         "(min_chars/max_chars), dedup (if dedup)")
     on_error: Literal["stop", "skip"] = Field(
         "stop", description="a step raising on one document: stop (error naming step and id) or skip and count it")
+    executor: Literal["local", "ray", "slurm"] = Field(
+        "local", description="per-document steps: local process pool, or datatrove's Ray / Slurm executor")
+    workers: int = Field(1, ge=1, description="local: processes; ray/slurm: tasks (shards)")
+    executor_args: dict[str, Any] = Field(
+        default_factory=dict, description="ray/slurm: extra arguments of datatrove's executor (slurm: partition, time)")
 
 
 # ----------------------------------------------------------------------------- tokenizer / tokens
@@ -158,6 +163,15 @@ class TrainConfig(Section):
         None, ge=1, description="LM loss over chunks of this many tokens, never the full logits; None = full")
     stop_at_val_bpb: float | None = Field(
         None, gt=0, description="stop (and checkpoint) at the first validation with val_bpb <= this")
+    on_nonfinite: Literal["stop", "skip", "rollback"] = Field(
+        "stop", description="a NaN/inf loss or gradient (or a loss spike): stop with an error, skip the batch "
+        "without an optimizer step, or roll back to the last checkpoint (kiln/train/guard.py)")
+    rollback_lr_factor: float = Field(1.0, gt=0, le=1, description="rollback: multiply the LR by this each time")
+    spike_factor: float | None = Field(
+        None, gt=1, description="loss > this x the median of the last spike_window accepted losses counts as a "
+        "fault (handled as on_nonfinite); None = no spike guard")
+    spike_window: int = Field(32, ge=2, description="accepted losses the spike guard's median is taken over")
+    max_faults: int = Field(10, ge=0, description="skips + rollbacks allowed in one run before stopping")
 
 
 class ParallelConfig(Section):

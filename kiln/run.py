@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +72,16 @@ class RunDir:
     def write_recipe(self, recipe: Recipe) -> None:
         atomic.write_text(self.recipe_path, recipe.to_yaml())
 
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete what an interrupted process left half-written (``.*.tmp``, ``.*.old.*``); call under the lock."""
+        stale = [p for pattern in (".*.tmp", ".*.old.*") for p in self.root.rglob(pattern)]
+        for p in stale:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        return stale
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive lock on the run directory: a second kiln process on it refuses at once."""
@@ -85,6 +97,39 @@ class RunDir:
             yield
         finally:
             os.close(fd)
+
+
+HASH_LIMIT = 64 << 20  # files up to this size are hashed (sha256), larger ones checked by size
+
+
+def file_records(folder: Path) -> dict[str, dict]:
+    """``{relative path: {"bytes", "sha256"?}}`` for every file under ``folder`` but the manifest."""
+    out: dict[str, dict] = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or rel == MANIFEST:
+            continue
+        rec: dict = {"bytes": p.stat().st_size}
+        if rec["bytes"] <= HASH_LIMIT:
+            rec["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+        out[rel] = rec
+    return out
+
+
+def verify_files(folder: Path, manifest: dict) -> None:
+    """Raise RunError if a file the manifest records is missing, resized or (when hashed) changed."""
+    for rel, rec in (manifest.get("files") or {}).items():
+        p = folder / rel
+        if not p.is_file():
+            problem = "is missing"
+        elif p.stat().st_size != rec["bytes"]:
+            problem = f"has {p.stat().st_size} bytes, the stage wrote {rec['bytes']} (truncated or replaced?)"
+        elif "sha256" in rec and hashlib.sha256(p.read_bytes()).hexdigest() != rec["sha256"]:
+            problem = "was modified after the stage completed (sha256 differs)"
+        else:
+            continue
+        stage = manifest.get("stage", folder.name)
+        raise RunError(f"{p} {problem}; refusing to use it. Rebuild with --force {stage}")
 
 
 def make_manifest(name: str, fingerprint: str, seconds: float, stats: dict, inputs: dict[str, str]) -> dict:

@@ -21,7 +21,7 @@ import torch
 from kiln import atomic
 from kiln.progress import log
 from kiln.recipe import Recipe
-from kiln.run import MANIFEST, RunDir, RunError, make_manifest, stage_fingerprint
+from kiln.run import MANIFEST, RunDir, RunError, file_records, make_manifest, stage_fingerprint, verify_files
 
 StageFn = Callable[[Recipe, RunDir, Path], dict]
 
@@ -101,6 +101,18 @@ STAGES: dict[str, Stage] = {
 ORDER = list(STAGES)
 
 
+def upstream(name: str) -> list[str]:
+    """Every stage ``name`` reads from, directly or not, in pipeline order."""
+    seen: set[str] = set()
+    todo = list(STAGES[name].inputs)
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(STAGES[dep].inputs)
+    return [n for n in ORDER if n in seen]
+
+
 def fingerprints(recipe: Recipe) -> dict[str, str]:
     fps: dict[str, str] = {}
     for name, st in STAGES.items():
@@ -136,6 +148,8 @@ def run_stage(name: str, recipe: Recipe, run: RunDir, fps: dict[str, str], force
     for dep in st.inputs:
         if not run.is_complete(dep, fps[dep]):
             raise RunError(f"stage '{name}' needs '{dep}' to be complete and current in {run.root}")
+    for dep in upstream(name):  # artifacts edited, truncated or deleted since their stage completed
+        verify_files(run.stage(dep), run.manifest(dep) or {})
     if force and st.in_place and run.stage(name).exists():
         shutil.rmtree(run.stage(name))
     log(f"[bold]{name}[/bold]: running")
@@ -149,6 +163,7 @@ def run_stage(name: str, recipe: Recipe, run: RunDir, fps: dict[str, str], force
         with atomic.staged_dir(run.stage(name)) as tmp:
             stats = st.fn(recipe, run, tmp)
             manifest = make_manifest(name, fp, time.perf_counter() - t0, stats, inputs)
+            manifest["files"] = file_records(tmp)
             atomic.write_json(tmp / MANIFEST, manifest)
     log(f"{name}: done in {manifest['seconds']:.1f}s")
     return manifest
@@ -170,6 +185,7 @@ def run_pipeline(recipe: Recipe, run: RunDir, until: str | None = None, only: st
         return run_pipeline_ranked(recipe, run, names, fps, force)
     results = {}
     with run.lock():
+        run.remove_stale_temporaries()
         run.write_recipe(recipe)
         forcing = False
         for name in names:

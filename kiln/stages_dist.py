@@ -90,6 +90,7 @@ def run_pipeline_ranked(recipe: Recipe, run: RunDir, names: list[str], fps: dict
 
             def prologue() -> None:
                 stack.enter_context(run.lock())  # rank 0 only: the others never touch the lock
+                run.remove_stale_temporaries()
                 run.write_recipe(recipe)
 
             on_main(prologue)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kiln.atomic import staged_path
+from kiln.corpus.executor import Executor, run_block
 from kiln.corpus.report import Doc, StepReport
 from kiln.corpus.steps.base import Removal, StepContext, StepParams
 from kiln.corpus.steps.basic import EmptyParams, ExactDedupParams, LengthParams, NormalizeParams
-from kiln.corpus.steps.registry import step_fn
+from kiln.corpus.steps.registry import REGISTRY, step_fn
 from kiln.progress import log
 from kiln.recipe import CorpusConfig
 
@@ -31,23 +33,45 @@ def default_steps(cfg: CorpusConfig) -> list[StepParams]:
     return steps
 
 
-def run_steps(docs: list[Doc], steps: list[StepParams], ctx: StepContext) -> tuple[list[Doc], list[StepReport]]:
-    """Apply ``steps`` in order; the report rows carry each step's label and ``seconds``."""
-    reports = []
-    for i, params in enumerate(steps):
+def _finish(rep: StepReport, params: StepParams, ctx: StepContext, seconds: float) -> StepReport:
+    rep.step = params.label
+    rep.seconds = round(seconds, 3)  # type: ignore[attr-defined]
+    if ctx.errors.get(params.label):
+        rep.errors = ctx.errors[params.label]  # type: ignore[attr-defined]
+    log(f"corpus: {params.label}: {rep.docs_in} -> {rep.docs_out} docs ({rep.docs_removed} removed, "
+        f"{rep.docs_changed} changed)")
+    return rep
+
+
+def run_steps(docs: list[Doc], steps: list[StepParams], ctx: StepContext, executor: Executor = "local",
+              workers: int = 1, executor_args: dict[str, Any] | None = None) -> tuple[list[Doc], list[StepReport]]:
+    """Apply ``steps`` in order; the report rows carry each step's label and ``seconds``.
+
+    With ``workers > 1`` or a ray/slurm ``executor``, each run of consecutive per-document steps is one
+    sharded block (:mod:`kiln.corpus.executor`); results are identical to the one-process run.
+    """
+    reports: list[StepReport] = []
+    i = 0
+    while i < len(steps):
+        j = i
+        while j < len(steps) and REGISTRY[steps[j].step].per_doc:
+            j += 1
+        if j > i and (workers > 1 or executor != "local"):
+            start = time.perf_counter()
+            docs, reps = run_block(docs, steps[i:j], ctx, i, executor, workers, executor_args, ctx.out_dir)
+            share = (time.perf_counter() - start) / (j - i)  # wall time of the block, split evenly
+            reports += [_finish(rep, p, ctx, share) for rep, p in zip(reps, steps[i:j], strict=True)]
+            i = j
+            continue
+        params = steps[i]
         sctx = ctx.for_step(params.label, i)
         first = len(ctx.removed)
         start = time.perf_counter()
         docs, rep = step_fn(params.step)(docs, params, sctx)
         if rep.step != params.label:
-            rep.step = params.label
             ctx.removed[first:] = [Removal(r.id, params.label, r.reason) for r in ctx.removed[first:]]
-        rep.seconds = round(time.perf_counter() - start, 3)  # type: ignore[attr-defined]
-        if ctx.errors.get(params.label):
-            rep.errors = ctx.errors[params.label]  # type: ignore[attr-defined]
-        log(f"corpus: {params.label}: {rep.docs_in} -> {rep.docs_out} docs ({rep.docs_removed} removed, "
-            f"{rep.docs_changed} changed)")
-        reports.append(rep)
+        reports.append(_finish(rep, params, ctx, time.perf_counter() - start))
+        i += 1
     return docs, reports
 
 
@@ -62,7 +86,8 @@ def curate(docs: list[Doc], cfg: CorpusConfig, ctx: StepContext) -> tuple[list[D
         reports.append(rep)
         kept = {d["id"] for d in docs}
         ctx.removed.extend(Removal(str(d["id"]), "select", "not selected") for d in before if d["id"] not in kept)
-    kept_docs, more = run_steps(docs, list(cfg.steps) if cfg.steps is not None else default_steps(cfg), ctx)
+    steps = list(cfg.steps) if cfg.steps is not None else default_steps(cfg)
+    kept_docs, more = run_steps(docs, steps, ctx, cfg.executor, cfg.workers, cfg.executor_args)
     return kept_docs, reports + more
 
 

@@ -69,6 +69,13 @@ def _existing(path: str) -> Path:
     return p
 
 
+def _open(p: Path):  # noqa: ANN202 - a binary file object
+    try:
+        return open(p, "rb")  # noqa: SIM115 - the caller's with-block closes it
+    except OSError as exc:
+        raise SourceError(f"{p}: cannot read ({exc.strerror or exc})") from None
+
+
 def _row_doc(row: Any, where: str, source: str, default_id: str, text_field: str, id_field: str | None) -> Doc:
     if not isinstance(row, dict):
         raise SourceError(f"{where}: expected a JSON object, got {type(row).__name__}")
@@ -88,7 +95,7 @@ def _row_doc(row: Any, where: str, source: str, default_id: str, text_field: str
 def read_jsonl(path: str, source: str, text_field: str = "text", id_field: str | None = None) -> Iterator[Doc]:
     """One document per non-blank line; default id ``{source}/{line_no}`` (1-based)."""
     p = _existing(path)
-    with open(p, "rb") as f:
+    with _open(p) as f:
         for line_no, raw in enumerate(f, start=1):
             where = f"{p}:{line_no}"
             try:
@@ -118,7 +125,14 @@ def read_parquet(path: str, source: str, text_field: str = "text", id_field: str
         if col is not None and col not in names:
             raise SourceError(f"{p}: missing column '{col}' (available: {', '.join(names)})")
     row_no = 0
-    for batch in pf.iter_batches(batch_size=4096):
+    batches = pf.iter_batches(batch_size=4096)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # noqa: BLE001 - a corrupt page: pyarrow raises several types
+            raise SourceError(f"{p}: unreadable Parquet data after row {row_no} ({exc})") from None
+        if batch is None:
+            break
         for row in batch.to_pylist():
             yield _row_doc(row, f"{p}: row {row_no}", source, f"{source}/{row_no}", text_field, id_field)
             row_no += 1
@@ -141,6 +155,8 @@ def read_txt(path: str, source: str) -> Iterator[Doc]:
             text = f.read_bytes().decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise SourceError(f"{f}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise SourceError(f"{f}: cannot read ({exc.strerror or exc})") from None
         yield {"id": f"{source}/{rel}", "text": text, "source": source, "file": rel}
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from kiln import atomic
+from kiln.faults import maybe_fail
 
 DTYPES: dict[str, np.dtype] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 RESERVED_KEYS = ("dtype", "n_tokens", "n_docs")
@@ -111,7 +112,10 @@ class ShardWriter:
                     f"token id {bad} does not fit shard {self._bin_path.name} "
                     f"(dtype {self.dtype}, ids must be in [0, {self._limit}))"
                 )
-            self._file.write(ids.astype(self._np_dtype, copy=False).tobytes())
+            try:
+                self._file.write(ids.astype(self._np_dtype, copy=False).tobytes())
+            except OSError as exc:
+                raise atomic.write_error(self._bin_path, exc) from exc
         self._n_tokens += int(ids.size)
         self._offsets.append(self._n_tokens)
 
@@ -127,6 +131,7 @@ class ShardWriter:
         self._closed = True
         self._file.flush()
         self._stack.close()
+        maybe_fail("shard_close")
         with atomic.staged_path(self._idx_path) as tmp, open(tmp, "wb") as f:
             np.save(f, np.asarray(self._offsets, dtype=np.int64))
         info = {"dtype": self.dtype, "n_tokens": self._n_tokens, "n_docs": self.n_docs, **self.meta}

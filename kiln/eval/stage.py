@@ -1,4 +1,5 @@
-"""Eval stage: validation loss, bits-per-byte and the unigram byte baseline for the final checkpoint."""
+"""Eval stage: validation loss, bits-per-byte and the unigram byte baseline for the final checkpoint; and the
+downstream probe of ``kiln eval --probe TASK`` (``probe.py``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from kiln.data.loader import iter_eval_batches
 from kiln.data.packing import pack
 from kiln.data.shards import TokenShard
 from kiln.eval.lm import evaluate_lm, unigram_bpb
+from kiln.eval.probe import ProbeConfig, probe_model
+from kiln.eval.probe_tasks import build_task
 from kiln.recipe import Recipe
 from kiln.run import RunDir
 from kiln.tokenizer.special import PAD, SPECIAL_IDS
@@ -48,3 +51,30 @@ def run_eval(recipe: Recipe, run: RunDir, out: Path) -> dict:
     }
     atomic.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def run_probe(recipe: Recipe, run: RunDir, task: str, cfg: ProbeConfig | None = None,
+              finetuned: bool = True) -> dict:
+    """``kiln eval --probe TASK``: probe the final checkpoint on a metadata task; writes eval/probe-TASK.json."""
+    import pyarrow.parquet as pq
+
+    from kiln.tokenizer.train import load_tokenizer
+
+    cfg = cfg or ProbeConfig(seq_len=recipe.data.seq_len, seed=recipe.train.seed)
+    device = resolve_device(recipe.train.device)
+    ckpt = final_checkpoint(run)
+    corpus = run.stage("corpus")
+    rows = [r for split in ("train", "val") for r in pq.read_table(corpus / f"{split}.parquet").to_pylist()]
+    train_docs, test_docs = build_task(rows, task, cfg.test_fraction, cfg.seed)
+    tok = load_tokenizer(run.stage("tokenizer"))
+    tok.no_padding()
+    tok.no_truncation()
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+    res = {"task": task, "checkpoint": str(ckpt),
+           **probe_model(load_model(ckpt, device), train_docs, test_docs, encode, cfg, device, finetuned)}
+    name = task.replace(":", "-").replace("/", "-")
+    atomic.write_json(run.stage("eval") / f"probe-{name}.json", res)
+    return res

@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import save_file
 
 from kiln import atomic
+from kiln.faults import maybe_fail
 from kiln.model.config import TransformerConfig
 from kiln.model.io import TIED_KEY, load_state, save_state
 from kiln.train import dist
@@ -79,11 +80,17 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: to
     if sharded:
         _save_sharded(final, model, optimizer, trainer_state)
     elif dist.current().is_main:
-        with atomic.staged_dir(final) as tmp:
-            save_state(model, tmp / "model.safetensors")
-            atomic.write_json(tmp / "config.json", model.config.to_dict())
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            atomic.write_json(tmp / "trainer_state.json", {**trainer_state, "rng": rng_state()})
+        try:
+            with atomic.staged_dir(final) as tmp:
+                save_state(model, tmp / "model.safetensors")
+                maybe_fail("checkpoint")
+                atomic.write_json(tmp / "config.json", model.config.to_dict())
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                atomic.write_json(tmp / "trainer_state.json", {**trainer_state, "rng": rng_state()})
+        except atomic.WriteError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - torch.save/safetensors report a failed write as their own types
+            raise atomic.write_error(final, exc) from exc
     if dist.current().is_main:
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)

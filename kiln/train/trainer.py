@@ -32,6 +32,7 @@ from kiln.data.loader import PackedLoader, iter_eval_batches
 from kiln.data.packing import Packing, pack
 from kiln.data.shards import TokenShard
 from kiln.eval.lm import autocast_for, evaluate_lm
+from kiln.faults import maybe_fail
 from kiln.model.config import TransformerConfig
 from kiln.model.flops import flops_per_token, mfu, peak_flops
 from kiln.objectives import build_objective
@@ -40,6 +41,7 @@ from kiln.recipe import Recipe
 from kiln.tokenizer.special import PAD, SPECIAL_IDS
 from kiln.train import dist
 from kiln.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from kiln.train.guard import FaultGuard, TrainingOOM, is_oom, oom_message
 from kiln.train.metrics import MetricsLog
 from kiln.train.optim import build_optimizer, lr_at, set_lr
 from kiln.train.parallel import parallelize, resolve_strategy
@@ -130,6 +132,7 @@ class Trainer:
         self.ckpt_root = self.out_dir / "checkpoints"
         self.step = 0
         self.tokens_seen = 0
+        self.guard = FaultGuard(cfg)
 
     def close(self) -> None:
         """Tear down a process group this trainer made for itself (a one-rank FSDP2 run); torchrun's stays."""
@@ -147,20 +150,22 @@ class Trainer:
         state = load_training_state(ckpt, self.model, self.optimizer)
         self.loader.load_state_dict(state["loader"])
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.guard.load_state_dict(state.get("guard"))
         if self.metrics is not None:
             self.metrics.truncate_after(self.step)
         log(f"train: resumed from {ckpt} (step {self.step}, {self.tokens_seen:,} tokens)")
         return True
 
     def save(self) -> Path:
-        state = {"step": self.step, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict()}
+        state = {"step": self.step, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(),
+                 "guard": self.guard.state_dict()}
         return save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, state,
                                keep=self.recipe.train.keep_checkpoints, sharded=self.strategy == "fsdp")
 
     # ------------------------------------------------------------------ steps
     def train_step(self) -> dict:
         cfg = self.recipe.train
-        lr = lr_at(self.step, cfg)
+        lr = lr_at(self.step, cfg) * self.guard.lr_scale
         set_lr(self.optimizer, lr)
         micro = [b.to(self.device) for b in self.loader.next_step(self.rows_per_step, cfg.micro_batch_size)]
         self.objective.begin_step(self.step)
@@ -169,22 +174,59 @@ class Trainer:
         # the global target count: DDP/FSDP2 average gradients over ranks, hence the factor world / n_targets
         n_targets = max(dist.all_reduce_sum([sum(p.n_targets for p in prepared)], self.device)[0], 1)
         loss_total = 0.0
-        for i, p in enumerate(prepared):
-            with self.par.sync(enabled=i == len(prepared) - 1):  # no_sync on all but the last micro-batch
-                with autocast_for(self.device, self.precision):
-                    loss_sum, _ = self.par.root(prepared=p)
-                (loss_sum * (world / n_targets)).backward()
-            loss_total += float(loss_sum.detach())
+        try:
+            for i, p in enumerate(prepared):
+                with self.par.sync(enabled=i == len(prepared) - 1):  # no_sync on all but the last micro-batch
+                    with autocast_for(self.device, self.precision):
+                        loss_sum, _ = self.par.root(prepared=p)
+                    (loss_sum * (world / n_targets)).backward()
+                loss_total += float(loss_sum.detach())
+        except Exception as exc:
+            if is_oom(exc):
+                raise TrainingOOM(oom_message(self.step, exc)) from exc
+            raise
+        maybe_fail("train_step")
         clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
         loss_total, n_tokens = dist.all_reduce_sum([loss_total, sum(b.n_tokens for b in micro)], self.device)
-        n_tokens = int(n_tokens)
-        self.tokens_seen += n_tokens
-        return {"loss": loss_total / n_targets, "lr": lr, "grad_norm": grad_norm, "n_tokens": n_tokens}
+        loss, n_tokens = loss_total / n_targets, int(n_tokens)
+        fault = self.guard.check(loss, grad_norm)  # every rank sees the same loss and global norm
+        if fault is None:
+            self.optimizer.step()
+            self.guard.accept(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        if fault is None:
+            self.step += 1
+            self.tokens_seen += n_tokens
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "n_tokens": n_tokens, "fault": fault}
+
+    def handle_fault(self, out: dict) -> str:
+        """Apply ``train.on_nonfinite`` to a faulty step (see kiln/train/guard.py); log it; return the action."""
+        at = self.step + 1
+        action = self.guard.action(out["fault"], self.step, out["loss"])
+        if action == "skip":
+            self.step += 1
+            self.tokens_seen += out["n_tokens"]
+        else:
+            ckpt = latest_checkpoint(self.ckpt_root)
+            kept = (self.guard.lr_scale, self.guard.skipped, self.guard.rollbacks)
+            state = load_training_state(ckpt, self.model, self.optimizer)
+            self.loader.load_state_dict(state["loader"])
+            self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+            self.guard.load_state_dict(state.get("guard"))
+            self.guard.lr_scale, self.guard.skipped, self.guard.rollbacks = kept
+            if self.metrics is not None:
+                self.metrics.truncate_after(self.step)
+        loss = out["loss"] if math.isfinite(out["loss"]) else str(out["loss"])
+        grad = out["grad_norm"] if math.isfinite(out["grad_norm"]) else str(out["grad_norm"])
+        row = {"kind": "fault", "step": self.step, "at_step": at, "reason": out["fault"], "action": action,
+               "loss": loss, "grad_norm": grad, "lr_scale": self.guard.lr_scale}
+        if self.metrics is not None:
+            self.metrics.append(row)
+        log(f"[yellow]train: {out['fault']} at step {at}: {action}"
+            f"{f' to step {self.step}, lr x {self.guard.lr_scale:g}' if action == 'rollback' else ''}[/yellow]")
+        return action
 
     def validate(self) -> dict:
         cfg = self.recipe.train
@@ -211,6 +253,8 @@ class Trainer:
             f"{', compiled' if self.par.compiled else ''}, checkpointing {self.par.activation_checkpointing}")
         if self.step == 0:
             self._log_val()
+            if cfg.on_nonfinite == "rollback" and latest_checkpoint(self.ckpt_root) is None:
+                self.save()  # something to roll back to
         start = time.perf_counter()
         window_t, window_tokens = time.perf_counter(), 0
         last_val: dict = {}
@@ -219,10 +263,9 @@ class Trainer:
             while self.step < cfg.steps:
                 out = self.train_step()
                 window_tokens += out["n_tokens"]
-                if not math.isfinite(out["loss"]):
-                    raise FloatingPointError(f"train: loss is {out['loss']} at step {self.step}; lower train.lr or "
-                                             "check the data")
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if out["fault"] is not None and self.handle_fault(out) == "rollback":
+                    continue
+                if out["fault"] is None and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     now = time.perf_counter()
@@ -247,11 +290,15 @@ class Trainer:
                         break
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
-        if not last_val:  # resumed after the final checkpoint: measure again rather than report nothing
-            last_val = self._log_val()
+        if not last_val:  # resumed after the final checkpoint: its logged validation, else measure again
+            rows = self.metrics.rows() if self.metrics is not None else []
+            done = [r for r in rows if r.get("kind") == "val" and r.get("step") == self.step]
+            last_val = dist.broadcast_object(done[-1] if done else None) or self._log_val()
         return {"n_params": n_params, "n_params_non_embedding": self.model.num_params(non_embedding=True),
                 "steps": self.step, "tokens": self.tokens_seen, "final_val_bpb": last_val.get("val_bpb"),
                 "final_val_loss": last_val.get("val_loss"), "checkpoint": str(latest_checkpoint(self.ckpt_root)),
                 "device": str(self.device), "precision": self.precision,
                 "reached_target": target_reached(last_val.get("val_bpb", math.nan), cfg.stop_at_val_bpb),
+                "faults": {"skipped": self.guard.skipped, "rollbacks": self.guard.rollbacks,
+                           "lr_scale": self.guard.lr_scale},
                 "train_seconds_this_session": round(time.perf_counter() - start, 2)}

@@ -167,6 +167,7 @@ class StepDef:
 
     params: type[StepParams]
     run: StepFn
+    per_doc: bool = False  # each document's fate depends on it alone: may run sharded (kiln.corpus.executor)
 
     @property
     def name(self) -> str:

@@ -76,8 +76,8 @@ def run_exact_dedup(docs: list[Doc], params: ExactDedupParams, ctx: StepContext)
 
 
 STEPS = [
-    StepDef(NormalizeParams, run_normalize),
-    StepDef(EmptyParams, run_empty),
-    StepDef(LengthParams, run_length),
+    StepDef(NormalizeParams, run_normalize, per_doc=True),
+    StepDef(EmptyParams, run_empty, per_doc=True),
+    StepDef(LengthParams, run_length, per_doc=True),
     StepDef(ExactDedupParams, run_exact_dedup),
 ]

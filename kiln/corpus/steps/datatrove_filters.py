@@ -91,15 +91,20 @@ class GopherRepetitionParams(StepParams):
     top_n_grams: list[tuple[int, float]] = [(2, 0.2), (3, 0.18), (4, 0.16)]
     dup_n_grams: list[tuple[int, float]] = [(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]
     word_splitter: Splitter = "regex"
+    implementation: Literal["numpy", "datatrove"] = Field(
+        "numpy", description="numpy: n-gram rules vectorised (kiln.corpus.steps.fast_repetition); datatrove: its own")
 
 
 def run_gopher_repetition(docs: list[Doc], params: GopherRepetitionParams, ctx: StepContext) -> tuple[
         list[Doc], StepReport]:
     from datatrove.pipeline.filters import GopherRepetitionFilter
 
-    kw = params.model_dump(exclude={"step", "name", "word_splitter", "top_n_grams", "dup_n_grams"})
+    from kiln.corpus.steps.fast_repetition import make_filter
+
+    kw = params.model_dump(exclude={"step", "name", "word_splitter", "top_n_grams", "dup_n_grams", "implementation"})
     top, dup = tuple(map(tuple, params.top_n_grams)), tuple(map(tuple, params.dup_n_grams))
-    return run_filter(docs, params, ctx, lambda: GopherRepetitionFilter(
+    make = GopherRepetitionFilter if params.implementation == "datatrove" else make_filter
+    return run_filter(docs, params, ctx, lambda: make(
         **kw, top_n_grams=top, dup_n_grams=dup, language=_tok(params.word_splitter)))
 
 
@@ -195,9 +200,9 @@ def run_language(docs: list[Doc], params: LanguageParams, ctx: StepContext) -> t
 
 
 STEPS = [
-    StepDef(GopherQualityParams, run_gopher_quality),
-    StepDef(GopherRepetitionParams, run_gopher_repetition),
-    StepDef(C4QualityParams, run_c4_quality),
-    StepDef(FineWebQualityParams, run_fineweb_quality),
-    StepDef(LanguageParams, run_language),
+    StepDef(GopherQualityParams, run_gopher_quality, per_doc=True),
+    StepDef(GopherRepetitionParams, run_gopher_repetition, per_doc=True),
+    StepDef(C4QualityParams, run_c4_quality, per_doc=True),
+    StepDef(FineWebQualityParams, run_fineweb_quality, per_doc=True),
+    StepDef(LanguageParams, run_language, per_doc=True),
 ]

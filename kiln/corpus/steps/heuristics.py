@@ -77,4 +77,4 @@ def run_bad_words(docs: list[Doc], params: BadWordsParams, ctx: StepContext) -> 
     return ctx.filter(docs, params, why)
 
 
-STEPS = [StepDef(RatiosParams, run_ratios), StepDef(BadWordsParams, run_bad_words)]
+STEPS = [StepDef(RatiosParams, run_ratios, per_doc=True), StepDef(BadWordsParams, run_bad_words, per_doc=True)]

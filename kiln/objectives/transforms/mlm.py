@@ -9,6 +9,10 @@ positions and ``IGNORE`` (-100) everywhere else. ELECTRA (Clark et al. 2020) reu
 Selection is per row, or per packed segment when ``segments`` are given with ``per_segment=True`` (each
 document of a packed row then gets its own share). Everything is drawn from the given ``torch.Generator``, so
 the result is a deterministic function of (tokens, segments, generator state, config).
+
+The special ids default to kiln's registry (ids below ``NUM_SPECIAL``, ``<|mask|>``); another vocabulary
+passes its own: for BERT's WordPiece, ``mask_id=103`` and ``num_special=999`` ([PAD], [unused*], [UNK],
+[CLS], [SEP], [MASK] are ids 0-998), as ``kiln.model.bert_mlm`` does.
 """
 
 from __future__ import annotations
@@ -48,9 +52,10 @@ class MLMExample:
         return int(self.selected.sum())
 
 
-def eligible_positions(tokens: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
-    """Positions MLM may select: real (non-padding) tokens that are not special."""
-    ok = tokens >= NUM_SPECIAL
+def eligible_positions(tokens: torch.Tensor, segments: torch.Tensor | None = None,
+                       num_special: int = NUM_SPECIAL) -> torch.Tensor:
+    """Positions MLM may select: real (non-padding) tokens that are not special (id >= ``num_special``)."""
+    ok = tokens >= num_special
     if segments is not None:
         ok &= segments >= 0
     return ok
@@ -84,20 +89,21 @@ def select_exact(eligible: torch.Tensor, ratio: float, generator: torch.Generato
 
 
 def mlm_mask(tokens: torch.Tensor, vocab_size: int, generator: torch.Generator, config: MLMConfig = MLMConfig(),
-             segments: torch.Tensor | None = None, per_segment: bool = False) -> MLMExample:
+             segments: torch.Tensor | None = None, per_segment: bool = False, mask_id: int = MASK_ID,
+             num_special: int = NUM_SPECIAL) -> MLMExample:
     """BERT masking of a (B, L) batch of token ids; see the module docstring."""
     if tokens.dim() != 2:
         raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
-    if vocab_size <= NUM_SPECIAL:
+    if vocab_size <= num_special:
         raise ValueError(f"vocab_size {vocab_size} leaves no non-special token to sample")
-    eligible = eligible_positions(tokens, segments)
+    eligible = eligible_positions(tokens, segments, num_special)
     groups = segments if (per_segment and segments is not None) else None
     selected = select_exact(eligible, config.ratio, generator, groups)
     u = torch.rand(tokens.shape, generator=generator, device=tokens.device)
-    random_ids = torch.randint(NUM_SPECIAL, vocab_size, tokens.shape, generator=generator, device=tokens.device)
+    random_ids = torch.randint(num_special, vocab_size, tokens.shape, generator=generator, device=tokens.device)
     to_mask = selected & (u < config.mask_prob)
     to_random = selected & (u >= config.mask_prob) & (u < config.mask_prob + config.random_prob)
-    inputs = torch.where(to_mask, torch.full_like(tokens, MASK_ID), tokens)
+    inputs = torch.where(to_mask, torch.full_like(tokens, mask_id), tokens)
     inputs = torch.where(to_random, random_ids, inputs)
     targets = torch.where(selected, tokens, torch.full_like(tokens, IGNORE))
     return MLMExample(inputs=inputs, targets=targets, selected=selected)

@@ -1,0 +1,182 @@
+"""Scale-out for per-document corpus steps: ``corpus.executor: local | ray | slurm``.
+
+A run of consecutive per-document steps (filters and rewrites: each document's fate depends on that
+document alone; ``StepDef.per_doc``) is a *block*. The documents are cut into contiguous shards; each
+shard runs the block's step functions with its own :class:`StepContext`; shard results are merged in
+shard order, so kept documents, funnel rows, examples and ``removed.parquet`` rows come out in exactly
+the order (and with exactly the content) of a one-process run. Dedup and other whole-corpus steps run
+in the parent between blocks.
+
+- ``local``: a fork-based process pool of ``corpus.workers`` processes (``workers: 1`` runs in-process).
+- ``ray`` / ``slurm``: one datatrove task per shard (``RayPipelineExecutor`` / ``SlurmPipelineExecutor``,
+  arguments from ``corpus.executor_args``), shards and results exchanged as pickles in
+  ``corpus.executor_dir`` (default: the stage's work folder; must be on a shared filesystem for slurm
+  or a multi-node Ray cluster).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from kiln.corpus.report import MAX_EXAMPLES, Doc, StepReport
+from kiln.corpus.steps.base import Removal, StepContext, StepParams
+
+Executor = Literal["local", "ray", "slurm"]
+
+
+@dataclass
+class ShardResult:
+    docs: list[Doc]
+    reports: list[StepReport]
+    removed: list[Removal]
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What one shard needs: its steps and the picklable part of the pipeline's context."""
+
+    steps: list[StepParams]
+    cache_dir: Path
+    run_dir: Path | None
+    seed: int
+    on_error: str
+    first_index: int
+
+
+def run_shard(docs: list[Doc], job: ShardJob) -> ShardResult:
+    """Run the block's steps on one shard (in a worker process or a datatrove task)."""
+    from kiln.corpus.steps.registry import step_fn
+
+    base = StepContext(cache_dir=job.cache_dir, run_dir=job.run_dir, seed=job.seed,
+                       on_error=job.on_error)  # type: ignore[arg-type]
+    reports, secs = [], []
+    for k, params in enumerate(job.steps):
+        sctx = base.for_step(params.label, job.first_index + k)
+        first, start = len(base.removed), time.perf_counter()
+        docs, rep = step_fn(params.step)(docs, params, sctx)
+        secs.append(time.perf_counter() - start)
+        if rep.step != params.label:
+            base.removed[first:] = [Removal(r.id, params.label, r.reason) for r in base.removed[first:]]
+        rep.step = params.label
+        reports.append(rep)
+    return ShardResult(docs, reports, base.removed, base.errors, secs)
+
+
+def _run_shard_args(args: tuple[list[Doc], ShardJob]) -> ShardResult:
+    return run_shard(*args)
+
+
+def merge(results: list[ShardResult], ctx: StepContext) -> tuple[list[Doc], list[StepReport]]:
+    """Concatenate shard results in order; funnel rows summed, examples the first three in document order."""
+    docs = [d for r in results for d in r.docs]
+    merged = []
+    for k, first in enumerate(results[0].reports):
+        rep = StepReport(first.step)
+        for r in results:
+            part = r.reports[k]
+            for name in ("docs_in", "docs_out", "docs_removed", "docs_changed", "bytes_removed"):
+                setattr(rep, name, getattr(rep, name) + getattr(part, name))
+            rep.examples.extend(part.examples[:MAX_EXAMPLES - len(rep.examples)])
+        merged.append(rep)
+    for rep in merged:  # one-process order: by step, then by document
+        ctx.removed.extend(x for r in results for x in r.removed if x.step == rep.step)
+    for r in results:
+        for step, n in r.errors.items():
+            ctx.errors[step] = ctx.errors.get(step, 0) + n
+    return docs, merged
+
+
+def shards(docs: list[Doc], n: int) -> list[list[Doc]]:
+    """``docs`` cut into ``n`` contiguous shards of near-equal size (some empty if ``n > len(docs)``)."""
+    q, r = divmod(len(docs), n)
+    bounds = [0]
+    for i in range(n):
+        bounds.append(bounds[-1] + q + (i < r))
+    return [docs[bounds[i]:bounds[i + 1]] for i in range(n)]
+
+
+def run_block(docs: list[Doc], steps: list[StepParams], ctx: StepContext, first_index: int, executor: Executor,
+              workers: int, executor_args: dict[str, Any] | None = None,
+              work_dir: Path | None = None) -> tuple[list[Doc], list[StepReport]]:
+    """Run per-document ``steps`` over ``docs`` with ``executor``; results identical to a one-process run."""
+    job = ShardJob(steps, ctx.cache_dir, ctx.run_dir, ctx.seed, ctx.on_error, first_index)
+    if executor == "local" and workers <= 1:
+        results = [run_shard(docs, job)]
+    elif executor == "local":
+        parts = shards(docs, workers * 4)  # several shards per worker: balance without reordering
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            results = list(pool.map(_run_shard_args, [(p, job) for p in parts]))
+    else:
+        results = run_datatrove(docs, job, executor, max(workers, 1), executor_args or {}, work_dir)
+    return merge(results, ctx)
+
+
+class _ShardTask:
+    """A datatrove pipeline step: task ``rank`` loads shard ``rank``, runs the block, pickles the result."""
+
+    name = "kiln corpus block"
+    type = "kiln"
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
+        folder = Path(self.folder)
+        with open(folder / f"shard-{rank:05d}.pkl", "rb") as f:
+            docs, job = pickle.load(f)
+        result = run_shard(docs, job)
+        tmp = folder / f".result-{rank:05d}.pkl"
+        with open(tmp, "wb") as f:
+            pickle.dump(result, f)
+        tmp.rename(folder / f"result-{rank:05d}.pkl")
+
+
+def _datatrove_executor(executor: Executor, pipeline: list[Any], tasks: int, logging_dir: str,
+                        args: dict[str, Any]) -> Any:
+    if executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise RuntimeError("corpus.executor 'ray' needs Ray: pip install 'ray>=2' (or use executor: local)"
+                               ) from None
+        from datatrove.executor import RayPipelineExecutor
+
+        return RayPipelineExecutor(pipeline=pipeline, tasks=tasks, logging_dir=logging_dir, **args)
+    from datatrove.executor import SlurmPipelineExecutor
+
+    missing = {"partition", "time"} - set(args)
+    if missing:
+        raise RuntimeError(f"corpus.executor 'slurm' needs corpus.executor_args {sorted(missing)} "
+                           "(passed to datatrove's SlurmPipelineExecutor)")
+    return SlurmPipelineExecutor(pipeline=pipeline, tasks=tasks, logging_dir=logging_dir, **args)
+
+
+def run_datatrove(docs: list[Doc], job: ShardJob, executor: Executor, tasks: int, args: dict[str, Any],
+                  work_dir: Path | None, poll_s: float = 5.0) -> list[ShardResult]:
+    """One datatrove task per shard through Ray or Slurm; waits for every shard's result, in shard order."""
+    from kiln.corpus import assets  # noqa: F401 - HF_HUB_OFFLINE before datatrove loads
+
+    root = Path(tempfile.mkdtemp(prefix="kiln-exec-", dir=work_dir))
+    parts = shards(docs, tasks)
+    for rank, part in enumerate(parts):
+        with open(root / f"shard-{rank:05d}.pkl", "wb") as f:
+            pickle.dump((part, job), f)
+    ex = _datatrove_executor(executor, [_ShardTask(str(root))], tasks, str(root / "logs"), dict(args))
+    ex.run()
+    results = [root / f"result-{rank:05d}.pkl" for rank in range(tasks)]
+    while not all(p.exists() for p in results):  # slurm: run() submits and returns
+        time.sleep(poll_s)
+    out = []
+    for p in results:
+        with open(p, "rb") as f:
+            out.append(pickle.load(f))
+    return out
