@@ -14,10 +14,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from kiln.corpus import shakespeare as shk
-from kiln.corpus.clean import clean, split_docs, step_dedup, step_length, step_normalize
+from kiln.corpus.clean import split_docs
+from kiln.corpus.pipeline import curate
 from kiln.corpus.pydocs import read_pydocs
 from kiln.corpus.sources import SourceError, read_jsonl, read_parquet, read_source, read_txt
 from kiln.corpus.stage import build_corpus
+from kiln.corpus.steps.base import StepContext
+from kiln.corpus.steps.basic import (
+    ExactDedupParams,
+    LengthParams,
+    NormalizeParams,
+    run_exact_dedup,
+    run_length,
+    run_normalize,
+)
 from kiln.recipe import CorpusConfig, SourceConfig
 
 
@@ -114,17 +124,17 @@ def test_read_source_label_and_max_docs(tmp_path: Path) -> None:
 
 def test_normalize_changes_but_keeps() -> None:
     docs = _docs("Cafe\u0301  \r\nline two\t\r\n\n", "clean", "\ufb01ne")
-    out, rep = step_normalize(docs, _cfg(normalize="NFC"))
+    out, rep = run_normalize(docs, NormalizeParams(form="NFC"), StepContext())
     assert [d["text"] for d in out] == ["Caf\u00e9\nline two", "clean", "\ufb01ne"]
     assert (rep.docs_in, rep.docs_out, rep.docs_removed, rep.docs_changed) == (3, 3, 0, 1)
     assert rep.examples[0]["id"] == "t/0" and docs[0]["text"].startswith("Cafe")  # input not mutated
-    assert step_normalize(docs, _cfg(normalize="NFKC"))[0][2]["text"] == "fine"
-    assert step_normalize(docs, _cfg(normalize="none"))[0][0]["text"] == "Cafe\u0301\nline two"
+    assert run_normalize(docs, NormalizeParams(form="NFKC"), StepContext())[0][2]["text"] == "fine"
+    assert run_normalize(docs, NormalizeParams(form="none"), StepContext())[0][0]["text"] == "Cafe\u0301\nline two"
 
 
 def test_length_filter_counts_and_examples() -> None:
     docs = _docs("x" * 5, "y" * 50, "z" * 500, "w" * 6)
-    out, rep = step_length(docs, _cfg(min_chars=10, max_chars=100))
+    out, rep = run_length(docs, LengthParams(min_chars=10, max_chars=100), StepContext())
     assert [d["id"] for d in out] == ["t/1"]
     assert (rep.docs_removed, rep.bytes_removed) == (3, 511)
     assert [e["reason"] for e in rep.examples] == ["too short: 5 < min_chars 10", "too long: 500 > max_chars 100",
@@ -134,7 +144,7 @@ def test_length_filter_counts_and_examples() -> None:
 
 def test_dedup_keeps_first_and_records() -> None:
     docs = _docs("same", "other", "same", "same")
-    out, rep = step_dedup(docs, _cfg())
+    out, rep = run_exact_dedup(docs, ExactDedupParams(name="dedup"), StepContext())
     assert [d["id"] for d in out] == ["t/0", "t/1"]
     assert rep.docs_removed == 2 and rep.bytes_removed == 8
     assert [e["duplicate_of"] for e in rep.examples] == ["t/0", "t/0"]
@@ -142,10 +152,10 @@ def test_dedup_keeps_first_and_records() -> None:
 
 def test_clean_pipeline_order_and_dedup_switch() -> None:
     docs = _docs("  \n\t", "dup text", "dup text  \r\n", "short")
-    kept, reps = clean(docs, _cfg(min_chars=6))
+    kept, reps = curate(docs, _cfg(min_chars=6), StepContext())
     assert [r.step for r in reps] == ["normalize", "empty", "length", "dedup"]
     assert [r.docs_removed for r in reps] == [0, 1, 1, 1] and [d["id"] for d in kept] == ["t/1"]
-    kept, reps = clean(docs, _cfg(min_chars=6, dedup=False))
+    kept, reps = curate(docs, _cfg(min_chars=6, dedup=False), StepContext())
     assert [r.step for r in reps] == ["normalize", "empty", "length"] and len(kept) == 2
 
 

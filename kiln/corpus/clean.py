@@ -1,11 +1,10 @@
-"""Cleaning: an ordered pipeline of steps, each reporting what it removed (or changed) and why.
+"""Text normalisation, the ``corpus.select`` metadata filter, and the train/validation split.
 
-Steps: ``select`` (metadata filter, only if ``corpus.select`` is set), ``normalize`` (Unicode form,
-``\\n`` line endings, no trailing whitespace on lines, no leading/trailing blank lines; changes
-documents, removes none), ``empty``, ``length`` (``min_chars`` <= len(text) <= ``max_chars``),
-``dedup`` (exact: sha256 of the normalised text, first occurrence kept). Then :func:`split_docs`
-assigns each document to train or validation, or :func:`split_tail` holds out the tail of the
-ordered concatenation (``corpus.split: tail``).
+The cleaning steps themselves live in the step registry (``kiln/corpus/steps/``); this module keeps
+what they and the corpus stage share: :func:`normalize_text` (Unicode form, ``\\n`` line endings, no
+trailing whitespace on lines, no outer blank lines), :func:`step_select`, and the split:
+:func:`split_docs` assigns each document to train or validation by a hash of its id, or
+:func:`split_tail` holds out the tail of the ordered concatenation (``corpus.split: tail``).
 """
 
 from __future__ import annotations
@@ -33,21 +32,6 @@ def normalize_text(text: str, form: str) -> str:
     return _TRAILING_WS.sub("", text).strip("\n")
 
 
-def step_normalize(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
-    rep = StepReport("normalize", docs_in=len(docs))
-    out = []
-    for doc in docs:
-        text = normalize_text(doc["text"], cfg.normalize)
-        if text != doc["text"]:
-            rep.docs_changed += 1
-            rep.bytes_removed += nbytes(doc["text"]) - nbytes(text)
-            rep.example(doc, f"changed ({cfg.normalize}, line endings, trailing whitespace)")
-            doc = {**doc, "text": text}
-        out.append(doc)
-    rep.docs_out = len(out)
-    return out, rep
-
-
 def _filter(name: str, docs: list[Doc], why: Callable[[Doc], str | None]) -> tuple[list[Doc], StepReport]:
     """Keep documents for which ``why`` returns None; record the others with its reason."""
     rep = StepReport(name, docs_in=len(docs))
@@ -64,40 +48,6 @@ def _filter(name: str, docs: list[Doc], why: Callable[[Doc], str | None]) -> tup
     return out, rep
 
 
-def step_empty(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
-    return _filter("empty", docs, lambda d: None if d["text"].strip() else "empty or whitespace only")
-
-
-def step_length(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
-    def why(doc: Doc) -> str | None:
-        n = len(doc["text"])
-        if n < cfg.min_chars:
-            return f"too short: {n} < min_chars {cfg.min_chars}"
-        if cfg.max_chars is not None and n > cfg.max_chars:
-            return f"too long: {n} > max_chars {cfg.max_chars}"
-        return None
-
-    return _filter("length", docs, why)
-
-
-def step_dedup(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
-    """Exact duplicates of an earlier document's text are removed; examples carry ``duplicate_of``."""
-    rep = StepReport("dedup", docs_in=len(docs))
-    first: dict[bytes, str] = {}
-    out = []
-    for doc in docs:
-        key = hashlib.sha256(doc["text"].encode("utf-8")).digest()
-        kept = first.setdefault(key, doc["id"])
-        if kept == doc["id"]:
-            out.append(doc)
-            continue
-        rep.docs_removed += 1
-        rep.bytes_removed += nbytes(doc["text"])
-        rep.example(doc, f"exact duplicate of {kept}", duplicate_of=kept)
-    rep.docs_out = len(out)
-    return out, rep
-
-
 def step_select(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepReport]:
     """``corpus.select``: keep a document iff every named metadata field holds one of the listed values."""
 
@@ -108,26 +58,6 @@ def step_select(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], StepRepo
         return None
 
     return _filter("select", docs, why)
-
-
-STEPS: dict[str, Callable[[list[Doc], CorpusConfig], tuple[list[Doc], StepReport]]] = {
-    "select": step_select,
-    "normalize": step_normalize,
-    "empty": step_empty,
-    "length": step_length,
-    "dedup": step_dedup,
-}
-
-
-def clean(docs: list[Doc], cfg: CorpusConfig) -> tuple[list[Doc], list[StepReport]]:
-    """Run the steps in order (``dedup`` only if ``cfg.dedup``); return kept docs and the funnel."""
-    reports = []
-    for name, step in STEPS.items():
-        if (name == "dedup" and not cfg.dedup) or (name == "select" and not cfg.select):
-            continue
-        docs, rep = step(docs, cfg)
-        reports.append(rep)
-    return docs, reports
 
 
 # ----------------------------------------------------------------------------- split
