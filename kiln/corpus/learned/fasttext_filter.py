@@ -23,7 +23,7 @@ import numpy as np
 
 from kiln.corpus.artifacts import stage_dir
 from kiln.corpus.learned.params import DocSelector, FastTextQualityParams
-from kiln.corpus.learned.select import keep_threshold, keep_top_fraction
+from kiln.corpus.learned.select import apply_keep, keep_threshold, keep_top_fraction
 from kiln.corpus.steps.base import Doc, StepContext, StepReport
 
 POS, NEG = "__label__pos", "__label__neg"
@@ -115,18 +115,6 @@ def run(docs: list[Doc], params: FastTextQualityParams, ctx: StepContext) -> tup
             f"not in the top {params.keep_fraction:.0%} by P(positive)"
     if params.inverse:
         keep, rule = ~keep, "inverse filter: " + rule.replace("<", ">=").replace("not in", "in")
-    verdict = dict(zip(targets, zip(keep.tolist(), scores.tolist(), strict=True), strict=True))
-    out = []
-    for i, doc in enumerate(docs):
-        if i not in verdict:
-            out.append(doc)
-            continue
-        kept, score = verdict[i]
-        if params.score_field:
-            doc = {**doc, params.score_field: score}
-        if kept:
-            out.append(doc)
-        else:
-            ctx.remove(rep, doc, f"{rule} (score {score:.3f})")
-    rep.docs_out = len(out)
+    out = apply_keep(docs, targets, keep, scores, ctx, rep, params.score_field,
+                     lambda score: f"{rule} (score {score:.3f})")
     return out, rep

@@ -17,7 +17,7 @@ import torch
 
 from kiln.corpus.learned.params import PerplexityFilterParams
 from kiln.corpus.learned.refmodel import ReferenceModel
-from kiln.corpus.learned.select import keep_percentile_band
+from kiln.corpus.learned.select import apply_keep, keep_percentile_band
 from kiln.corpus.steps.base import Doc, StepContext, StepReport
 
 __all__ = ["PerplexityFilterParams", "score_docs", "run"]
@@ -45,21 +45,7 @@ def run(docs: list[Doc], params: PerplexityFilterParams, ctx: StepContext) -> tu
     keep = np.zeros(len(targets), dtype=bool)
     keep[finite] = keep_percentile_band(scores[finite], params.low, params.high)
     lo, hi = np.percentile(scores[finite], [params.low, params.high]) if finite.any() else (np.nan, np.nan)
-    verdict = {i: (bool(k), float(s)) for i, k, s in zip(targets, keep, scores, strict=True)}
-    out = []
-    for i, doc in enumerate(docs):
-        if i not in verdict:
-            out.append(doc)
-            continue
-        kept, score = verdict[i]
-        if params.score_field:
-            doc = {**doc, params.score_field: None if np.isnan(score) else score}
-        if kept:
-            out.append(doc)
-        elif np.isnan(score):
-            ctx.remove(rep, doc, "no bytes to score")
-        else:
-            ctx.remove(rep, doc, f"bits per byte {score:.3f} outside the p{params.low:g}-p{params.high:g} band "
-                                 f"[{lo:.3f}, {hi:.3f}]")
-    rep.docs_out = len(out)
+    band = f"outside the p{params.low:g}-p{params.high:g} band [{lo:.3f}, {hi:.3f}]"
+    out = apply_keep(docs, targets, keep, scores, ctx, rep, params.score_field,
+                     lambda score: "no bytes to score" if np.isnan(score) else f"bits per byte {score:.3f} {band}")
     return out, rep

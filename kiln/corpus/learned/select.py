@@ -8,7 +8,8 @@ buckets, Wenzek et al. 2020; Marion et al. 2023 keep bottom, middle or top bands
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,3 +57,24 @@ def roc_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
         i = j + 1
     u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
     return float(u / (len(pos) * len(neg)))
+
+
+def apply_keep(docs: list[dict], targets: Sequence[int], keep: Sequence[bool], scores: Sequence[float], ctx: Any,
+               rep: Any, score_field: str | None, why: Callable[[float], str]) -> list[dict]:
+    """Apply per-target keep decisions in document order: documents outside ``targets`` pass untouched; a
+    scored document gets its score in ``score_field`` (None for NaN) and is kept or removed with ``why(score)``."""
+    verdict = {i: (bool(k), float(s)) for i, k, s in zip(targets, keep, scores, strict=True)}
+    out = []
+    for i, doc in enumerate(docs):
+        if i not in verdict:
+            out.append(doc)
+            continue
+        kept, score = verdict[i]
+        if score_field:
+            doc = {**doc, score_field: None if np.isnan(score) else score}
+        if kept:
+            out.append(doc)
+        else:
+            ctx.remove(rep, doc, why(score))
+    rep.docs_out = len(out)
+    return out
