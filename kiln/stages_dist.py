@@ -21,7 +21,7 @@ from typing import Any
 from kiln import atomic
 from kiln.progress import log
 from kiln.recipe import Recipe
-from kiln.run import MANIFEST, RunDir, RunError, make_manifest
+from kiln.run import MANIFEST, RunDir, RunError, make_manifest, verify_files
 from kiln.stages import STAGES, prepare_in_place, run_stage
 from kiln.train import dist
 
@@ -54,6 +54,7 @@ def _open_train(recipe: Recipe, run: RunDir, fps: dict[str, str], force: bool) -
     for dep in st.inputs:
         if not run.is_complete(dep, fps[dep]):
             raise RunError(f"stage 'train' needs '{dep}' to be complete and current in {run.root}")
+        verify_files(run.stage(dep), run.manifest(dep) or {})
     if force and run.stage("train").exists():
         shutil.rmtree(run.stage("train"))
     prepare_in_place(st, run, fp)

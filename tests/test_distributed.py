@@ -126,3 +126,14 @@ def test_locked_run_fails_on_every_rank_without_hanging(reference, tmp_path):
     assert "in use by another kiln process" in output
     assert "rank 0 failed" in output  # what rank 1 reports
 
+
+
+def test_truncated_shard_is_refused_on_every_rank(reference, tmp_path):
+    """Under torchrun, rank 0 checks the inputs' file records too: a truncated shard stops every rank."""
+    root, overrides, single = reference
+    run = _copy_tokens(single, tmp_path / "truncated")
+    shard = run.stage("tokens") / "train.bin"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    output = torchrun_train(overrides, run.root, ok=False)
+    assert "train.bin has" in output and "rank 0 failed" in output
+    assert not (run.stage("train") / "manifest.json").exists()

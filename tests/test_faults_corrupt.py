@@ -80,6 +80,20 @@ def test_checkpoint_missing_a_file_is_refused_on_resume(prepared, run, missing):
         rerun(prepared, run)
 
 
+@pytest.mark.parametrize("text,problem", [('{"step": 4, "tok', "is corrupt"), ('{"step": 4}', "lacks tokens_seen")])
+def test_corrupt_trainer_state_is_refused_on_resume(prepared, run, text, problem):
+    (run.stage("train") / "manifest.json").unlink()
+    (run.stage("train") / "checkpoints" / f"step-{STEPS:06d}" / "trainer_state.json").write_text(text)
+    with pytest.raises(CheckpointError, match=f"trainer_state.json {problem}.*delete checkpoint"):
+        rerun(prepared, run)
+
+
+def test_corrupt_checkpoint_config_is_refused_by_eval(prepared, run):
+    (run.stage("train") / "checkpoints" / f"step-{STEPS:06d}" / "config.json").write_text('{"vocab_size": ')
+    with pytest.raises(CheckpointError, match="config.json is not a valid model config"):
+        rerun(prepared, run, until="eval", force=("eval",))
+
+
 def test_final_checkpoint_missing_weights_is_refused_by_eval(prepared, run):
     (run.stage("train") / "checkpoints" / f"step-{STEPS:06d}" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="missing model.safetensors"):

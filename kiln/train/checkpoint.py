@@ -148,7 +148,10 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     for f in ("model.safetensors", "config.json"):
         if not (path / f).exists():
             raise CheckpointError(f"checkpoint {path} is incomplete: missing {f}")
-    cfg = TransformerConfig.from_dict(json.loads((path / "config.json").read_text()))
+    try:
+        cfg = TransformerConfig.from_dict(json.loads((path / "config.json").read_text()))
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'config.json'} is not a valid model config ({exc})") from None
     model = cfg.build()
     load_state(model, path / "model.safetensors")
     return model.to(device)
@@ -180,6 +183,21 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
                                   "parallel.strategy=ddp or single")
         load_state(model, path / "model.safetensors")
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    state = json.loads((path / "trainer_state.json").read_text())
+    state = read_trainer_state(path)
     set_rng_state(state.pop("rng"))
+    return state
+
+
+def read_trainer_state(path: Path) -> dict:
+    """``trainer_state.json`` of checkpoint ``path``, or CheckpointError naming what is wrong with it."""
+    file = path / "trainer_state.json"
+    try:
+        state = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{file} is corrupt ({exc}); delete checkpoint {path} to resume from the one "
+                              "before it, or rerun with --force train") from None
+    missing = [k for k in ("step", "tokens_seen", "loader", "rng") if k not in state] if isinstance(state, dict) else ["a JSON object"]
+    if missing:
+        raise CheckpointError(f"{file} lacks {', '.join(missing)}; delete checkpoint {path} to resume from the "
+                              "one before it, or rerun with --force train")
     return state
