@@ -141,29 +141,42 @@ def test_post_norm_block_output_is_normalised():
 
 
 def mean_block_grad(model, blocks) -> float:
-    return sum(torch.cat([p.grad.flatten() for p in model.backbone.blocks[i].parameters()]).norm().item()
-               for i in blocks) / len(blocks)
+    """Mean over ``blocks`` of the gradient norm of each block's weight matrices (attention and MLP).
+
+    The norm gains are left out: a Post-LN gain scales the whole residual stream, so its gradient is a
+    different quantity (about 70x the matrices' in the first Post-LN layers here) and would decide the ratio.
+    """
+    return sum(torch.cat([p.grad.flatten() for n, p in model.backbone.blocks[i].named_parameters()
+                          if "norm" not in n]).norm().item() for i in blocks) / len(blocks)
 
 
-MIX_LN_GAP = ("not reproduced with kiln's init: last-3/first-3 gradient-norm ratio Pre-LN 0.69-0.77, Mix-LN "
-              "0.53-0.57 (seeds 0, 1); with plain N(0, 0.02) residual init Pre-LN 0.38-0.41 (the spec's 0.34-0.40) "
-              "but Mix-LN 0.69-0.72, not the spec's ~0.99")
+def deep_to_shallow_ratio(norm: str, plain_init: bool, seed: int = 0) -> float:
+    tokens = torch.randint(0, 512, (8, 65), generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)
+    model = TransformerConfig(vocab_size=512, max_seq_len=64, n_layer=12, n_head=4, d_model=128, norm=norm).build()
+    if plain_init:  # N(0, 0.02) everywhere, as the spec measured: no depth-scaled residual projections
+        with torch.no_grad():
+            for block in model.backbone.blocks:
+                torch.nn.init.normal_(block.attn.wo.weight, std=0.02)
+                torch.nn.init.normal_(block.mlp.w_down.weight, std=0.02)
+    logits = model(tokens[:, :-1])
+    F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    return mean_block_grad(model, range(9, 12)) / mean_block_grad(model, range(3))
 
 
-@pytest.mark.slow  # ~18 s, two 12-layer models
-@pytest.mark.xfail(reason=MIX_LN_GAP, strict=False)
+@pytest.mark.slow  # ~10 s, four 12-layer models
 def test_mix_ln_lifts_the_deep_to_shallow_gradient_ratio():
-    """Spec 7(d): last-3 / first-3 layer gradient norm at init, 12-layer d=128 LM, Mix-LN > 2x Pre-LN."""
-    tokens = torch.randint(0, 512, (8, 65), generator=torch.Generator().manual_seed(0))
-    ratios = {}
-    for norm in ("pre", "mix"):
-        torch.manual_seed(0)
-        model = TransformerConfig(vocab_size=512, max_seq_len=64, n_layer=12, n_head=4, d_model=128, norm=norm).build()
-        logits = model(tokens[:, :-1])
-        F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
-        ratios[norm] = mean_block_grad(model, range(9, 12)) / mean_block_grad(model, range(3))
-    print(f"deep/shallow gradient ratio: {ratios}")
-    assert ratios["mix"] > 2 * ratios["pre"]
+    """Spec 7(d): last-3 / first-3 layer gradient norm at init, 12-layer d=128 LM, Mix-LN > 2x Pre-LN.
+
+    Measured (seeds 0, 1): plain init Pre-LN 0.36-0.38 (the spec's 0.34-0.40), Mix-LN 1.00 (the spec's ~0.99).
+    With kiln's default depth-scaled residual init Pre-LN is already 0.69, so Mix-LN's lift there is 1.45x.
+    """
+    plain = {norm: deep_to_shallow_ratio(norm, plain_init=True) for norm in ("pre", "mix")}
+    scaled = {norm: deep_to_shallow_ratio(norm, plain_init=False) for norm in ("pre", "mix")}
+    print(f"deep/shallow gradient ratio, plain init: {plain}; kiln init: {scaled}")
+    assert plain["mix"] > 2 * plain["pre"]
+    assert 0.9 < plain["mix"] < 1.1 and 0.3 < plain["pre"] < 0.45
+    assert scaled["mix"] > 1.3 * scaled["pre"]
 
 
 @pytest.mark.parametrize("positions", ["learned", "none"])
