@@ -38,7 +38,8 @@ def _fake_run(run: Path) -> None:
         "bytes_removed": 54321,
         "examples": [{"id": f"d{i}", "reason": "dup_line_frac", "text": "spam <b>spam</b> " * 3} for i in range(5)],
     }
-    _write(run / "corpus" / "funnel.json", {"steps": [step], "sources": {"shakespeare": 1000}, "split": {"val": 0.01}})
+    _write(run / "corpus" / "funnel.json", {"steps": [step], "sources": {"shakespeare": {"kind": "shakespeare", "docs_read": 1000, "bytes_read": 123456},
+                                                          "old": 7}, "split": {"val": 0.01}})
     stats = {
         "corpus": {"n_docs": 900},
         "tokenizer": {"vocab_size": 4096},
@@ -94,6 +95,7 @@ def test_full_run_report(tmp_path: Path) -> None:
         assert "81,920" in text  # tokens trained
         assert "gopher_repetition" in text and "54,321" in text and "10.0%" in text
         assert "shakespeare" in text and "uint16" in text and "4,096" in text
+        assert "123,456" in text and "| old | 7 |" in md  # sources table: columns, and an old-style count
         assert "steps: 20" in text  # the recipe
         assert text.count("not run") == 1  # only the generate stage lacks a manifest
         assert text.count("d2 — dup_line_frac") == 1 and "d3 —" not in text  # 3 examples per step

@@ -167,15 +167,23 @@ def corpus(inp: Inputs) -> list[Block]:
     for s in steps:
         n_in, removed = s.get("docs_in"), s.get("docs_removed")
         pct = f"{100 * removed / n_in:.1f}%" if isinstance(removed, int) and isinstance(n_in, int) and n_in else "—"
-        rows.append([s.get("step", "?"), n_in, s.get("docs_out"), removed, pct, s.get("bytes_removed")])
-    blocks: list[Block] = [Table(["step", "docs in", "docs out", "removed", "% removed", "bytes removed"], rows)]
+        rows.append([s.get("step", "?"), n_in, s.get("docs_out"), removed, pct, s.get("docs_changed", "—"),
+                     s.get("bytes_removed")])
+    blocks: list[Block] = [Table(["step", "docs in", "docs out", "removed", "% removed", "changed",
+                                  "bytes removed"], rows)]
     if steps:
         names = [str(s.get("step", "?")) for s in steps]
         removed_counts = [int(s.get("docs_removed") or 0) for s in steps]
-        blocks.append(_plot(plots.funnel, out_dir, "funnel.png", "documents removed per step", names, removed_counts))
+        removed_bytes = [int(s.get("bytes_removed") or 0) for s in steps]
+        blocks.append(_plot(plots.funnel, out_dir, "funnel.png", "documents and bytes removed per step", names,
+                            removed_counts, removed_bytes=removed_bytes))
     sources = funnel.get("sources")
     if isinstance(sources, dict) and sources:
-        blocks += [Heading("Sources"), Table(["source", "documents"], [[k, v] for k, v in sources.items()])]
+        cols = ["kind", "docs_read", "bytes_read", "train_docs", "val_docs", "seconds"]
+        source_rows = [[name, *(v.get(c, "—") for c in cols)] if isinstance(v, dict) else [name, v, *["—"] * 5]
+                       for name, v in sources.items()]
+        blocks += [Heading("Sources"), Table(["source", "kind", "docs read", "bytes read", "train docs", "val docs",
+                                              "seconds"], source_rows)]
     split = funnel.get("split")
     if isinstance(split, dict) and split:
         blocks += [Heading("Split"), Text(_flat(split, limit=20))]

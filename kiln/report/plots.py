@@ -37,19 +37,40 @@ def _xy(points: Series) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def funnel(steps: Sequence[str], removed: Sequence[int], path: Path) -> None:
-    """Horizontal bars: documents removed by each corpus step, first step on top."""
-    fig, ax = _figure(height=max(1.6, 0.45 * len(steps) + 0.9))
+def funnel(steps: Sequence[str], removed: Sequence[int], path: Path, removed_bytes: Sequence[int] = ()) -> None:
+    """Horizontal bars, first step on top: documents removed by each corpus step and, when given, the bytes
+    each removed (removed documents plus text cut out of kept ones)."""
+    height = max(1.6, 0.45 * len(steps) + 0.9)
+    fig = Figure(figsize=(10.0 if removed_bytes else 7.0, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    panels = [(list(removed), "documents removed", "#c0504d", str)]
+    if removed_bytes:
+        panels.append((list(removed_bytes), "bytes removed", "#4f81bd", human_bytes))
     y = list(range(len(steps)))
-    bars = ax.barh(y, list(removed), color="#c0504d")
-    ax.bar_label(bars, padding=3)
-    ax.set_yticks(y, list(steps))
-    ax.invert_yaxis()
-    ax.set_xlim(0, max([*removed, 1]) * 1.15)  # a sane axis even when nothing was removed
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("documents removed")
-    ax.set_title("Corpus funnel")
+    for i, (values, label, color, fmt) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1, sharey=fig.axes[0] if i else None)
+        ax.grid(True, alpha=0.3)
+        ax.spines[["top", "right"]].set_visible(False)
+        bars = ax.barh(y, values, color=color)
+        ax.bar_label(bars, labels=[fmt(v) for v in values], padding=3)
+        if i == 0:
+            ax.set_yticks(y, list(steps))
+            ax.invert_yaxis()
+        else:
+            ax.tick_params(labelleft=False)
+        ax.set_xlim(0, max([*values, 1]) * 1.2)  # a sane axis even when nothing was removed
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+        ax.set_xlabel(label)
+    fig.suptitle("Corpus funnel")
     _save(fig, path)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 def loss(train: Series, val: Series, path: Path) -> None:
