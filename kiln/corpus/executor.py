@@ -20,6 +20,7 @@ import multiprocessing as mp
 import pickle
 import tempfile
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 from kiln.corpus.report import MAX_EXAMPLES, Doc, StepReport
 from kiln.corpus.steps.base import Removal, StepContext, StepParams
+from kiln.progress import log
 
 Executor = Literal["local", "ray", "slurm"]
 
@@ -131,9 +133,13 @@ class _ShardTask:
 
     def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
         folder = Path(self.folder)
-        with open(folder / f"shard-{rank:05d}.pkl", "rb") as f:
-            docs, job = pickle.load(f)
-        result = run_shard(docs, job)
+        try:
+            with open(folder / f"shard-{rank:05d}.pkl", "rb") as f:
+                docs, job = pickle.load(f)
+            result = run_shard(docs, job)
+        except BaseException:  # the waiting process reads this and stops waiting
+            (folder / f"error-{rank:05d}.txt").write_text(traceback.format_exc())
+            raise
         tmp = folder / f".result-{rank:05d}.pkl"
         with open(tmp, "wb") as f:
             pickle.dump(result, f)
@@ -173,8 +179,18 @@ def run_datatrove(docs: list[Doc], job: ShardJob, executor: Executor, tasks: int
     ex = _datatrove_executor(executor, [_ShardTask(str(root))], tasks, str(root / "logs"), dict(args))
     ex.run()
     results = [root / f"result-{rank:05d}.pkl" for rank in range(tasks)]
+    waited = 0.0
     while not all(p.exists() for p in results):  # slurm: run() submits and returns
+        failed = sorted(root.glob("error-*.txt"))
+        if failed:
+            raise RuntimeError(f"corpus.executor {executor!r}: task {failed[0].stem.removeprefix('error-')} failed "
+                               f"(logs: {root / 'logs'}):\n{failed[0].read_text()[-2000:]}")
+        if waited and waited % 60 < poll_s:
+            done = sum(p.exists() for p in results)
+            log(f"corpus: waiting for {executor} tasks, {done}/{tasks} done after {waited:.0f}s "
+                f"(task logs: {root / 'logs' / 'logs'})")
         time.sleep(poll_s)
+        waited += poll_s
     out = []
     for p in results:
         with open(p, "rb") as f:
