@@ -83,8 +83,12 @@ def _print_summary(run: RunDir) -> None:
     path = run.stage("eval") / "metrics.json"
     if path.exists():
         m = json.loads(path.read_text())
-        out.print(f"validation: loss {m['val_loss']:.4f} nats/token, [bold]{m['val_bpb']:.4f} bits/byte[/bold] "
-                  f"(unigram byte baseline {m['unigram_bpb']:.3f})")
+        if m.get("val_bpb") is None:
+            out.print(f"validation: [bold]{m.get('val_objective', 'objective')} loss {m['val_loss']:.4f}[/bold] "
+                      "nats/target (an encoder objective: no bits per byte)")
+        else:
+            out.print(f"validation: loss {m['val_loss']:.4f} nats/token, [bold]{m['val_bpb']:.4f} bits/byte[/bold] "
+                      f"(unigram byte baseline {m['unigram_bpb']:.3f})")
     report = run.stage("report") / "index.html"
     if report.exists():
         out.print(f"report: {report}")
@@ -173,14 +177,22 @@ def generate(args: Args = None, run_dir: RunDirOpt = None,
 @app.command()
 def export(run_: Annotated[Path, typer.Argument(metavar="RUN", help="run directory (or a name under runs/)")],
            out_dir: Annotated[Path, typer.Option("--out", help="folder to write")],
-           format_: Annotated[str, typer.Option("--format", help="hf: LlamaForCausalLM + tokenizer")] = "hf",
+           format_: Annotated[str, typer.Option("--format", help="hf: Hugging Face transformers + tokenizer")] = "hf",
            checkpoint: Annotated[Path | None, typer.Option(help="checkpoint folder (default: the run's last)")] = None,
            dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+           head: Annotated[str, typer.Option(
+               help="auto | lm (causal LM) | mlm (masked LM) | none (hidden states)")] = "auto",
            verify: Annotated[bool, typer.Option(help="compare kiln's and transformers' logits first")] = True) -> None:
-    """Export a trained model (and its tokenizer) for another library: --format hf (Hugging Face transformers)."""
+    """Export a trained model (and its tokenizer) for another library: --format hf (Hugging Face transformers).
+
+    A causal decoder that Llama matches exactly becomes a LlamaForCausalLM.
+
+    Encoders and other decoders ship kiln's remote-code class: load them with trust_remote_code=True.
+    """
     import torch
 
-    from kiln.model.hf import ExportError, export_hf
+    from kiln.model.hf import ExportError
+    from kiln.model.hf_remote import export_auto
     from kiln.train.checkpoint import latest_checkpoint, load_model
 
     if format_ != "hf":
@@ -195,13 +207,21 @@ def export(run_: Annotated[Path, typer.Argument(metavar="RUN", help="run directo
         _fail(f"{run_}: no checkpoint; train the run first (or give --checkpoint)")
     model = _guarded(load_model, ckpt)
     try:
-        summary = export_hf(model, out_dir, run_dir.stage("tokenizer"), dtype=getattr(torch, dtype), verify=verify)
+        summary = export_auto(model, out_dir, run_dir.stage("tokenizer"), dtype=getattr(torch, dtype), verify=verify,
+                              head=head)
     except (ExportError, ImportError, FileNotFoundError) as exc:
         _fail(str(exc))
-    out.print(f"exported {ckpt} -> {summary['out']} ({summary['architecture']}, {summary['dtype']}"
+    arch = summary["architecture"]
+    out.print(f"exported {ckpt} -> {summary['out']} ({arch}, {summary['dtype']}"
               + (f", max |logit diff| {summary['max_logit_diff']:.2e}" if "max_logit_diff" in summary else "") + ")")
+    load = f"{summary['auto_class']}.from_pretrained({str(summary['out'])!r}"
+    if summary["remote_code"]:
+        out.print(f"{arch} is kiln's remote code (modeling_kiln.py, shipped in the folder), not a transformers "
+                  f"class: load it with {load}, trust_remote_code=True)", highlight=False, markup=False)
+    else:
+        out.print(f"load it with {load})", highlight=False, markup=False)
     if summary["dropped"]:
-        out.print(f"left out (not part of a causal LM): {', '.join(summary['dropped'])}")
+        out.print(f"left out (not part of {arch}): {', '.join(summary['dropped'])}")
 
 
 recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)

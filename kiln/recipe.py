@@ -135,7 +135,8 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    objective: Literal["clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "clm_mlm", "mixture"] = "clm"
+    objective: Literal["clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "ernie_gram", "clm_mlm",
+                       "mixture"] = "clm"
     objective_args: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the objective's class (kiln/objectives/)")
     steps: int = Field(1000, ge=1)

@@ -42,15 +42,23 @@ def model_for(obj, **kw):
     return TransformerConfig(**{**base, **kw}).build()
 
 
+def fit_docs() -> list[np.ndarray]:
+    """The documents of ``packed_batch()``, ten times over: every n-gram in them recurs (ERNIE-Gram's lexicon)."""
+    b = packed_batch()
+    return [b.tokens[r][b.segments[r] == s].numpy() for r in range(b.batch_size) for s in (0, 1)] * 10
+
+
 def configured(name: str, **kw):
     obj = build_objective(name, **kw)
     obj.configure(vocab_size=V, seq_len=32, total_steps=10, seed=0)
+    obj.fit(fit_docs())
     obj.begin_step(0)
     return obj
 
 
 CASES = {"clm": {}, "mlm": {}, "electra": {}, "fim": {}, "ul2": {}, "ul2-causal": {"attention": "causal"},
-         "codegen2": {}, "mp3": {}, "clm_mlm": {}, "mixture": {"weights": {"clm": 1, "mlm": 1, "fim": 1}}}
+         "codegen2": {}, "mp3": {}, "ernie_gram": {"lexicon_size": 64}, "clm_mlm": {},
+         "mixture": {"weights": {"clm": 1, "mlm": 1, "fim": 1}}}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -72,9 +80,11 @@ def test_every_objective_prepares_and_backpropagates(case, attention):
 
 
 def test_registry_and_recipes():
-    assert set(OBJECTIVES) == {"clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "clm_mlm", "mixture"}
+    assert set(OBJECTIVES) == {"clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "ernie_gram", "clm_mlm",
+                               "mixture"}
     for recipe, name in [("mlm", "mlm"), ("electra", "electra"), ("fim", "fim"), ("ul2", "ul2"),
-                         ("codegen2", "codegen2"), ("mp3", "mp3"), ("clm-mlm", "clm_mlm"), ("mixture", "mixture")]:
+                         ("codegen2", "codegen2"), ("mp3", "mp3"), ("ernie-gram", "ernie_gram"),
+                         ("clm-mlm", "clm_mlm"), ("mixture", "mixture")]:
         r = load_recipe(recipe)
         assert r.train.objective == name
         obj = build_objective(name, **r.train.objective_args)

@@ -38,8 +38,8 @@ def _fake_run(run: Path) -> None:
         "bytes_removed": 54321,
         "examples": [{"id": f"d{i}", "reason": "dup_line_frac", "text": "spam <b>spam</b> " * 3} for i in range(5)],
     }
-    _write(run / "corpus" / "funnel.json", {"steps": [step], "sources": {"shakespeare": {"kind": "shakespeare", "docs_read": 1000, "bytes_read": 123456},
-                                                          "old": 7}, "split": {"val": 0.01}})
+    sources = {"shakespeare": {"kind": "shakespeare", "docs_read": 1000, "bytes_read": 123456}, "old": 7}
+    _write(run / "corpus" / "funnel.json", {"steps": [step], "sources": sources, "split": {"val": 0.01}})
     stats = {
         "corpus": {"n_docs": 900},
         "tokenizer": {"vocab_size": 4096},

@@ -216,6 +216,10 @@ class TokenShard:
         i %= self.n_docs
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
+    def __getitem__(self, i: int) -> np.ndarray:
+        """``doc(i)``: a shard is a sequence of documents (e.g. for ``Objective.fit``)."""
+        return self.doc(i)
+
     def doc_lengths(self) -> np.ndarray:
         """Length of every document, ``int64``."""
         return np.diff(self.offsets)

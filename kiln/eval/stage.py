@@ -1,5 +1,9 @@
 """Eval stage: validation loss, bits-per-byte and the unigram byte baseline for the final checkpoint; and the
-downstream probe of ``kiln eval --probe TASK`` (``probe.py``)."""
+downstream probe of ``kiln eval --probe TASK`` (``probe.py``).
+
+A model trained by an encoder objective (``Objective.lm_eval`` False: MLM, ELECTRA, ERNIE-Gram, MP3,
+CLM -> MLM) has no meaningful LM-head bits per byte: its validation loss is the objective's own
+(``objective_val.py``), ``val_bpb`` is null and ``val_objective`` names the objective."""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from kiln import atomic
 from kiln.data.loader import iter_eval_batches
 from kiln.data.packing import pack
 from kiln.data.shards import TokenShard
-from kiln.eval.lm import evaluate_lm, unigram_bpb
+from kiln.eval.lm import autocast_for, evaluate_lm, unigram_bpb
+from kiln.eval.objective_val import objective_val_loss
 from kiln.eval.probe import ProbeConfig, probe_model
 from kiln.eval.probe_tasks import build_task
+from kiln.objectives import build_objective
 from kiln.recipe import Recipe
 from kiln.run import RunDir
 from kiln.tokenizer.special import PAD, SPECIAL_IDS
@@ -37,14 +43,23 @@ def run_eval(recipe: Recipe, run: RunDir, out: Path) -> dict:
     n_rows = packing.n_rows if recipe.eval.max_sequences is None else min(packing.n_rows, recipe.eval.max_sequences)
     mb = recipe.train.micro_batch_size
     batches = iter_eval_batches(val, packing, SPECIAL_IDS[PAD], recipe.data.attention, mb, max_rows=n_rows)
-    res = evaluate_lm(model, batches, load_token_bytes(run.stage("tokenizer")), device, precision,
-                      total=-(-n_rows // mb), desc="eval")
+    objective = build_objective(recipe.train.objective, **recipe.train.objective_args)
+    if objective.lm_eval:
+        res = evaluate_lm(model, batches, load_token_bytes(run.stage("tokenizer")), device, precision,
+                          total=-(-n_rows // mb), desc="eval")
+        own: dict = {"val_bpb": res["bpb"], "n_tokens": res["n_targets"], "n_bytes": res["n_bytes"]}
+    else:
+        objective.configure(vocab_size=model.config.vocab_size, seq_len=recipe.data.seq_len,
+                            total_steps=recipe.train.steps, seed=recipe.train.seed)
+        objective.fit(TokenShard(run.stage("tokens") / "train"))
+        with autocast_for(device, precision):
+            res = objective_val_loss(model, objective, batches, device)
+        own = {"val_bpb": None, "val_objective": objective.name, "n_targets": res["n_targets"],
+               **{k: v for k, v in res.items() if k.endswith("_per_target")}}
     corpus = run.stage("corpus")
     metrics = {
         "val_loss": res["loss"],
-        "val_bpb": res["bpb"],
-        "n_tokens": res["n_targets"],
-        "n_bytes": res["n_bytes"],
+        **own,
         "unigram_bpb": unigram_bpb(corpus / "train.parquet", corpus / "val.parquet"),
         "checkpoint": str(ckpt),
         "sequences": n_rows,

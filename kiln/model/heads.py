@@ -10,6 +10,8 @@ and generation use only it); the extra heads an objective needs are named in ``c
 ``hlp``        horizon length: sigmoid(Linear(d -> 1)) per token (Ding et al. 2024)
 ``position``   MP3 position classifier: Linear(d -> n_positions) (Zhai et al. 2022)
 ``generator``  ELECTRA's small MLM generator reading the shared token embeddings (Clark et al. 2020)
+``ngram``      ERNIE-Gram's coarse head over V_tokens + V_ngrams: the MLM transform, then the tied token
+               decoder next to its own n-gram embedding table (Xiao et al. 2021)
 =============  ==========================================================================================
 
 :class:`Pooler` (mean or first token, no parameters) turns hidden states into one vector per sequence for
@@ -48,9 +50,11 @@ class LMHead(nn.Module):
 
 @torch.no_grad()
 def init_head(module: nn.Module, std: float) -> None:
-    """N(0, std) for linear weights, zero biases, unit LayerNorm gains (BERT's initialisation)."""
+    """N(0, std) for linear and embedding weights, zero biases, unit LayerNorm gains (BERT's initialisation)."""
     for m in module.modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+        elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, mean=0.0, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -74,6 +78,31 @@ class MLMHead(nn.Module):
 
     def forward(self, hidden: Tensor, embedding: Tensor) -> Tensor:
         return F.linear(self.norm(F.gelu(self.dense(hidden))), embedding, self.bias)
+
+
+class NgramHead(nn.Module):
+    """ERNIE-Gram's coarse head (Xiao et al. 2021, sec. 3.1): one distribution over V_tokens + V_ngrams.
+
+    h' = LayerNorm(GELU(dense(h))); logits = h' @ [token embedding; n-gram table].T + bias. The token part is
+    the tied embedding (passed at call time, as in :class:`MLMHead`), the n-gram part a learned table of
+    ``n_ngrams`` rows: the lexicon's configured size, fixed before the lexicon is built. ``n_used`` keeps only
+    the first rows (a lexicon smaller than its configured size leaves the rest out of the softmax).
+    """
+
+    def __init__(self, d_model: int, vocab_size: int, n_ngrams: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        if n_ngrams < 0:
+            raise ValueError(f"n_ngrams must be >= 0, got {n_ngrams}")
+        self.dense = nn.Linear(d_model, d_model)
+        self.norm = nn.LayerNorm(d_model, eps=eps)
+        self.ngrams = nn.Embedding(n_ngrams, d_model)
+        self.bias = nn.Parameter(torch.zeros(vocab_size + n_ngrams))
+
+    def forward(self, hidden: Tensor, embedding: Tensor, n_used: int | None = None) -> Tensor:
+        """(n, d) hidden states -> (n, vocab_size + n_used) logits (coarse id = token id or vocab_size + index)."""
+        n_used = self.ngrams.num_embeddings if n_used is None else n_used
+        table = torch.cat([embedding, self.ngrams.weight[:n_used].to(embedding.dtype)])
+        return F.linear(self.norm(F.gelu(self.dense(hidden))), table, self.bias[: table.shape[0]])
 
 
 class ScalarHead(nn.Module):
@@ -162,6 +191,7 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "hlp": lambda cfg: ScalarHead(cfg.d_model, sigmoid=True),
     "position": lambda cfg, n_positions=None: PositionHead(cfg.d_model, n_positions or cfg.max_seq_len),
     "generator": lambda cfg, ratio=0.25: Generator(cfg, ratio),
+    "ngram": lambda cfg, n_ngrams: NgramHead(cfg.d_model, cfg.vocab_size, n_ngrams, cfg.norm_eps),
 }
 
 

@@ -19,7 +19,8 @@ lm_head.weight (untied only)             lm_head.weight
 
 A configuration with no exact Llama twin (post-LN / Mix-LN, learned or no positions,
 bidirectional or prefix attention, any unknown option away from its default, any backbone weight
-the table does not name) is refused with :class:`ExportError`, never exported approximately.
+the table does not name) is refused with :class:`ExportError`, never exported approximately;
+:mod:`kiln.model.hf_remote` exports those (and encoders) with kiln's own remote-code class instead.
 Document-masked attention is a training-time mask only and exports as plain causal attention.
 Heads other than the LM head (MLM, pooler, ...) are not part of a causal LM and are left out.
 """

@@ -167,7 +167,9 @@ class Transformer(nn.Module):
         B, T = x.shape[:2]
         cfg = self.config
         start = kv_cache.length if kv_cache is not None else 0
-        if start + T > cfg.max_seq_len:
+        # explicit positions may hold more tokens than the context when every position is inside it (extra
+        # query slots at existing positions, e.g. ERNIE-Gram's fine slots); checked only in that rare case
+        if start + T > cfg.max_seq_len and (positions is None or int(positions.max()) >= cfg.max_seq_len):
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
         cos = sin = None
         if cfg.positions == "rope" and positions is None:  # contiguous positions: a slice, shared by the batch

@@ -6,13 +6,14 @@ from typing import Any
 from kiln.objectives.base import Objective, Prepared
 from kiln.objectives.clm import CausalLM
 from kiln.objectives.encoder import ELECTRA, MaskedLM
+from kiln.objectives.ernie_gram import ERNIEGram
 from kiln.objectives.mp3 import MP3
 from kiln.objectives.rearranged import FIM, UL2, CodeGen2
 from kiln.objectives.schedules import CLMThenMLM, Mixture
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "clm": CausalLM, "mlm": MaskedLM, "electra": ELECTRA, "fim": FIM, "ul2": UL2, "codegen2": CodeGen2,
-    "mp3": MP3, "clm_mlm": CLMThenMLM, "mixture": Mixture,
+    "mp3": MP3, "ernie_gram": ERNIEGram, "clm_mlm": CLMThenMLM, "mixture": Mixture,
 }
 
 

@@ -4,14 +4,17 @@ An objective turns a packed token batch into model inputs and targets (``prepare
 cheap, done for all micro-batches of a step first so the loss can be normalised by
 the step's true target count), and turns model outputs into a summed loss and named
 metrics (``loss``). The trainer knows nothing of any particular objective: it asks for the extra model
-``heads`` an objective needs, calls ``configure`` once (vocabulary, context, length of training, seed) and
-``begin_step`` before each step's micro-batches. Randomness in ``prepare`` comes from generators seeded by
-(seed, step, micro-batch), so a resumed run draws exactly what an uninterrupted one would.
+``heads`` an objective needs, calls ``configure`` once (vocabulary, context, length of training, seed), then
+``fit`` once with the training documents (a no-op unless the objective learns something from the corpus
+before training, e.g. ERNIE-Gram's n-gram lexicon; deterministic, so a resumed run rebuilds the same state),
+and ``begin_step`` before each step's micro-batches. Randomness in ``prepare`` comes from generators seeded
+by (seed, step, micro-batch), so a resumed run draws exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,9 @@ class Prepared:
 
 class Objective(ABC):
     name: str = "objective"
+    # The model ends training as a left-to-right LM, so its LM head's bits per byte mean something. False for
+    # encoder objectives (MLM, ELECTRA, ERNIE-Gram, MP3, CLM -> MLM): validation then reports their own loss.
+    lm_eval: bool = True
     # Tokens per chunk for objectives whose loss is a softmax over the vocabulary: the head matmul and
     # the loss then run chunk by chunk (kiln/objectives/losses.py); None = full logits. Set by the trainer
     # from ``train.loss_chunk_tokens``.
@@ -52,6 +58,14 @@ class Objective(ABC):
     def configure(self, *, vocab_size: int, seq_len: int, total_steps: int, seed: int) -> None:
         """What ``prepare`` may need to know about the run; called once by the trainer."""
         self.vocab_size, self.seq_len, self.total_steps, self.seed = vocab_size, seq_len, total_steps, seed
+
+    def fit(self, docs: Sequence[np.ndarray]) -> None:
+        """Learn what ``prepare`` needs from the training documents (token-id arrays); default: nothing.
+
+        Called once by the trainer after ``configure``, before any step, on every run and rank (also on resume),
+        so it must be a deterministic function of ``docs`` and the objective's arguments.
+        """
+        return None
 
     def begin_step(self, step: int) -> None:
         """Called before the micro-batches of optimizer step ``step`` (0-based) are prepared."""

@@ -42,6 +42,7 @@ class MaskedLM(Objective):
     """BERT masked language modelling (see the module docstring)."""
 
     name = "mlm"
+    lm_eval = False
 
     def __init__(self, ratio: float = 0.15, mask_prob: float = 0.8, random_prob: float = 0.1) -> None:
         self.config = MLMConfig(ratio, mask_prob, random_prob)
@@ -71,6 +72,7 @@ class ELECTRA(Objective):
     """Generator MLM + 50 x replaced-token detection (see the module docstring)."""
 
     name = "electra"
+    lm_eval = False
 
     def __init__(self, generator_ratio: float = 0.25, disc_weight: float = 50.0, mask_ratio: float = 0.15,
                  temperature: float = 1.0) -> None:

@@ -20,6 +20,7 @@ from kiln.objectives.transforms.mp3 import MP3Config, mp3_batch
 
 class MP3(Objective):
     name = "mp3"
+    lm_eval = False
 
     def __init__(self, eta: float = 0.75) -> None:
         self.config = MP3Config(eta)

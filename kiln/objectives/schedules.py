@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +44,10 @@ class Switching(Objective):
             obj.loss_chunk_tokens = self.loss_chunk_tokens
             obj.configure(**kwargs)
 
+    def fit(self, docs: Sequence[np.ndarray]) -> None:
+        for obj in self.objectives.values():
+            obj.fit(docs)
+
     def begin_step(self, step: int) -> None:
         super().begin_step(step)
         for obj in self.objectives.values():
@@ -60,6 +66,7 @@ class Switching(Objective):
 
 class CLMThenMLM(Switching):
     name = "clm_mlm"
+    lm_eval = False  # it ends as an MLM encoder
 
     def __init__(self, clm_fraction: float = 0.5, mlm_ratio: float = 0.3) -> None:
         from kiln.objectives.clm import CausalLM
@@ -83,6 +90,7 @@ class Mixture(Switching):
             raise ValueError("a mixture cannot contain a mixture")
         self.mixture = ObjectiveMixture(dict(weights), seed)
         self.objectives = {name: build_objective(name, **(args or {}).get(name, {})) for name in weights}
+        self.lm_eval = all(obj.lm_eval for obj in self.objectives.values())
 
     def choose(self) -> str:
         return self.mixture.sample(self.step, self.micro)

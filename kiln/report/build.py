@@ -134,7 +134,9 @@ def summary(inp: Inputs) -> list[Block]:
             note = f"unigram baseline {fmt(uni)} ({100 * (1 - bpb / uni):.1f}% lower)"
         cards.append(("val bits / byte", fmt(bpb), note))
     if loss is not None:
-        cards.append(("val loss", fmt(loss), "nats / token"))
+        what = ev.get("val_objective") or last_val.get("val_objective")
+        cards.append((f"val {what} loss" if what else "val loss", fmt(loss),
+                      "nats / target (encoder objective)" if what else "nats / token"))
     if params is not None:
         cards.append(("parameters", human(params), fmt(params)))
     if tokens is not None:

@@ -196,7 +196,8 @@ def read_trainer_state(path: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{file} is corrupt ({exc}); delete checkpoint {path} to resume from the one "
                               "before it, or rerun with --force train") from None
-    missing = [k for k in ("step", "tokens_seen", "loader", "rng") if k not in state] if isinstance(state, dict) else ["a JSON object"]
+    keys = ("step", "tokens_seen", "loader", "rng")
+    missing = [k for k in keys if k not in state] if isinstance(state, dict) else ["a JSON object"]
     if missing:
         raise CheckpointError(f"{file} lacks {', '.join(missing)}; delete checkpoint {path} to resume from the "
                               "one before it, or rerun with --force train")

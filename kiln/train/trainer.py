@@ -19,6 +19,7 @@ Parallelism (checkpointing, compile, DDP/FSDP2) is applied from outside the mode
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -32,6 +33,7 @@ from kiln.data.loader import PackedLoader, iter_eval_batches
 from kiln.data.packing import Packing, pack
 from kiln.data.shards import TokenShard
 from kiln.eval.lm import autocast_for, evaluate_lm
+from kiln.eval.objective_val import objective_val_loss
 from kiln.faults import maybe_fail
 from kiln.model.config import TransformerConfig
 from kiln.model.flops import flops_per_token, mfu, peak_flops
@@ -107,6 +109,12 @@ class Trainer:
         self.objective.loss_chunk_tokens = cfg.loss_chunk_tokens
         self.objective.configure(vocab_size=vocab_size, seq_len=recipe.data.seq_len, total_steps=cfg.steps,
                                  seed=cfg.seed)
+        self.objective.fit(data.train)  # e.g. ERNIE-Gram's lexicon: deterministic, so resume rebuilds it
+        if not self.objective.lm_eval and cfg.stop_at_val_bpb is not None:
+            raise ValueError(f"train.stop_at_val_bpb needs a causal LM objective; '{cfg.objective}' trains an "
+                             "encoder (validation reports its own loss, not bits per byte)")
+        # validation of an encoder objective: its own loss, on a copy so the training objective's state is untouched
+        self.val_objective = None if self.objective.lm_eval else copy.deepcopy(self.objective)
         self.model_config = TransformerConfig.from_recipe(recipe.model, vocab_size, recipe.data.seq_len,
                                                           heads=self.objective.heads)
         self.model = self.model_config.build().to(self.device)
@@ -232,12 +240,19 @@ class Trainer:
         cfg = self.recipe.train
         batches = iter_eval_batches(self.data.val, self.data.val_packing, self.pad_id, self.recipe.data.attention,
                                     cfg.micro_batch_size, max_rows=cfg.eval_sequences)
-        return evaluate_lm(self.par.eval_model, batches, self.data.token_bytes, self.device, self.precision)
+        if self.val_objective is None:
+            return evaluate_lm(self.par.eval_model, batches, self.data.token_bytes, self.device, self.precision)
+        with autocast_for(self.device, self.precision):
+            res = objective_val_loss(self.par.eval_model, self.val_objective, batches, self.device)
+        return {**res, "bpb": None}
 
     def _log_val(self) -> dict:
         res = dist.broadcast_object(self.validate())  # rank 0's numbers everywhere: ranks stop together
-        row = {"kind": "val", "step": self.step, "val_loss": res["loss"], "val_bpb": res["bpb"],
-               "tokens": self.tokens_seen}
+        row = {"kind": "val", "step": self.step, "val_loss": res["loss"], "tokens": self.tokens_seen}
+        if res["bpb"] is None:
+            row["val_objective"] = self.objective.name  # an encoder's own validation loss, no bits per byte
+        else:
+            row["val_bpb"] = res["bpb"]
         if self.metrics is not None:
             self.metrics.append(row)
         return row
@@ -282,8 +297,10 @@ class Trainer:
                                info=f"loss {out['loss']:.3f} lr {out['lr']:.2e} {tps / 1e3:.1f}k tok/s")
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     last_val = self._log_val()
-                    bar.update(task, info=f"val bpb {last_val['val_bpb']:.3f}")
-                    if target_reached(last_val["val_bpb"], cfg.stop_at_val_bpb):
+                    bpb = last_val.get("val_bpb")
+                    bar.update(task, info=f"val bpb {bpb:.3f}" if bpb is not None
+                               else f"val {self.objective.name} loss {last_val['val_loss']:.3f}")
+                    if bpb is not None and target_reached(bpb, cfg.stop_at_val_bpb):
                         log(f"train: val bpb {last_val['val_bpb']:.4f} <= target {cfg.stop_at_val_bpb} at step "
                             f"{self.step}, {time.perf_counter() - start:.1f} s: stopping")
                         self.save()
