@@ -28,7 +28,8 @@ part() {  # part NAME LIMIT_S CMD...
   echo "part $name: $status in $((SECONDS - t0)) s (log $name.log)" | tee -a "$SUMMARY"
 }
 
-part gpu_throughput "$TP_S" $PY benchmarks/gpu_throughput.py --out "$OUT" --budget-s $((TP_S - 60))
+# --profile: kernel breakdown of the kiln / hf-gpt2 compiled rows (profile.json, ~5-10 s, hence 70 s not 60)
+part gpu_throughput "$TP_S" $PY benchmarks/gpu_throughput.py --out "$OUT" --budget-s $((TP_S - 70)) --profile
 part time_to_quality "$TTQ_S" $PY benchmarks/time_to_quality.py --out "$OUT"
 if [ -f benchmarks/gpu_parallel_check.py ]; then
   part gpu_parallel_check "$PAR_S" $PY benchmarks/gpu_parallel_check.py --out "$OUT"
@@ -51,6 +52,25 @@ if tp.exists():
     for r in m.get("loss_memory") or []:
         if isinstance(r, dict):
             print(f"  loss {r['loss']:22s} {r['ms']} ms, peak above inputs {r['peak_extra_gb']} GB")
+pf = out / "profile.json"
+try:  # a broken profile.json must not hide the time-to-quality line
+    if pf.exists():
+        for p in json.loads(pf.read_text())["rows"]:
+            if "error" in p:
+                print(f"\nprofile {p['row']}: {p['error']}")
+                continue
+            print(f"\nprofile {p['row']}: {p['step_ms']:.1f} ms/step (profiled {p['profiled_step_ms']:.1f}, host "
+                  f"{p['host_ms_per_step']:.1f} without sync), busy {p['busy_ms']:.1f} ms, {p['events_per_step']:.0f} "
+                  f"events/step")
+            for g, v in p["groups"].items():
+                print(f"  {g:18s} {v['ms']:7.2f} ms {v['share']:6.1%}  {v['calls_per_step']:g} calls/step")
+            for t in p["top"][:5]:
+                name = t["name"].replace("void ", "").replace("at::native::", "").replace("(anonymous namespace)::", "")
+                print(f"  top {t['ms']:7.2f} ms {t['share']:6.1%}  x{t['calls_per_step']:<4g} {t['group']:17s} {name[:70]}")
+        for row, why in json.loads(pf.read_text()).get("missing", {}).items():
+            print(f"\nprofile {row}: not profiled ({why})")
+except Exception as exc:
+    print(f"\nprofile.json unreadable: {type(exc).__name__}: {exc}")
 tq = out / "time_to_quality.json"
 if tq.exists():
     t = json.loads(tq.read_text())

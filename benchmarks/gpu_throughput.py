@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_throughput.py [--out DIR] [--budget-s 200]     # GPT-2-small shape on a GPU
     python benchmarks/gpu_throughput.py --smoke                          # tiny shape on CPU (import check)
+    python benchmarks/gpu_throughput.py --profile [--profile-rows ...]   # + where the step time goes
 
 Every row runs the same raw loop on the same random batch: forward under bf16 autocast (GPU), full
 logits and fp32 cross-entropy, backward, AdamW (fused on CUDA), zero_grad. ``warmup`` steps (compile
@@ -18,6 +19,8 @@ is the comparison and MFU its scale. Rows:
   random init, ``attn_implementation="sdpa"``, tied embeddings like kiln;
 - each ``eager`` and ``compiled`` (``torch.compile`` of the whole model). Rows run in priority order
   and are skipped (reported as such) once ``--budget-s`` is spent.
+
+``--profile``: ``torch.profiler`` breakdown of chosen rows (``gpu_profile.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,16 @@ from torch.utils.checkpoint import checkpoint
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere: kiln importable
 from kiln.model.config import TransformerConfig  # noqa: E402
 from kiln.model.flops import flops_per_token, peak_flops  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_profile import (  # noqa: E402
+    PROFILE_ROWS,
+    device_name,
+    print_profile,
+    profile_steps,
+    sync_device,
+    write_profile,
+)
 
 
 @dataclass
@@ -70,8 +83,8 @@ ROWS: list[tuple[str, str, bool, bool, bool]] = [
     ("kiln compiled", "kiln", False, False, True),
     ("hf-llama compiled", "llama", False, False, True),
     ("kiln doc compiled", "kiln", True, False, True),
+    ("hf-gpt2 compiled", "gpt2", False, False, True),  # nanoGPT's architecture: before the +ac rows
     ("kiln compiled +ac", "kiln", False, True, True),
-    ("hf-gpt2 compiled", "gpt2", False, False, True),
     ("kiln doc compiled +ac", "kiln", True, True, True),
 ]
 
@@ -132,13 +145,9 @@ def build(kind: str, s: Shape, ac: bool) -> tuple[nn.Module, Callable[..., torch
     return model, lambda m, t, seg, pos: m(input_ids=t, use_cache=False).logits
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
 
 def run_row(row: tuple[str, str, bool, bool, bool], s: Shape, device: torch.device, warmup: int, steps: int,
-            data: dict[str, torch.Tensor]) -> dict:
+            data: dict[str, torch.Tensor], profile: bool = False) -> dict:
     name, kind, doc, ac, compiled = row
     torch.manual_seed(0)
     if device.type == "cuda":
@@ -164,12 +173,12 @@ def run_row(row: tuple[str, str, bool, bool, bool], s: Shape, device: torch.devi
     t0 = time.perf_counter()
     for _ in range(warmup):
         loss = step()
-    _sync(device)
+    sync_device(device)
     warm_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = step()
-    _sync(device)
+    sync_device(device)
     dt = (time.perf_counter() - t0) / steps
     n_params = sum(p.numel() for p in model.parameters())
     tps = s.batch * s.seq / dt
@@ -180,11 +189,17 @@ def run_row(row: tuple[str, str, bool, bool, bool], s: Shape, device: torch.devi
            "mfu": round(tps * fpt / peak, 4) if peak else None, "warmup_s": round(warm_s, 1),
            "final_loss": round(float(loss.detach()), 4),
            "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if device.type == "cuda" else None}
+    if profile:  # after the timed steps, on the same (compiled) model: no second compile
+        try:
+            res["profile"] = {"row": name, **profile_steps(step, device, dt * 1e3)}
+        except Exception as exc:
+            res["profile"] = {"row": name, "error": f"{type(exc).__name__}: {exc}"[:500]}
     return res
 
 
 def run_suite(s: Shape, device: torch.device, rows: list[tuple[str, str, bool, bool, bool]], warmup: int,
-              steps: int, budget_s: float, out: Path | None, label: str) -> list[dict]:
+              steps: int, budget_s: float, out: Path | None, label: str, profile_rows: tuple[str, ...] = ()
+              ) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, s.vocab, (s.batch, s.seq + 1), generator=gen)
     seg, pos = packed_documents(s, gen)
@@ -193,7 +208,7 @@ def run_suite(s: Shape, device: torch.device, rows: list[tuple[str, str, bool, b
     data = {"tokens": tokens[:, :-1].to(device), "targets": tokens[:, 1:].to(device), "segments": seg.to(device),
             "positions": pos.to(device), "targets_doc": targets.to(device)}
     has_hf = _has_transformers()
-    start, results = time.perf_counter(), []
+    start, results, profiles = time.perf_counter(), [], []
     for row in rows:
         if row[1] != "kiln" and not has_hf:
             results.append({"row": row[0], "skipped": "transformers not installed"})
@@ -201,15 +216,18 @@ def run_suite(s: Shape, device: torch.device, rows: list[tuple[str, str, bool, b
             results.append({"row": row[0], "skipped": f"time budget {budget_s:.0f} s spent"})
         else:
             try:
-                results.append(run_row(row, s, device, warmup, steps, data))
+                results.append(run_row(row, s, device, warmup, steps, data, profile=row[0] in profile_rows))
             except Exception as exc:  # keep going: one failing row must not hide the others
                 results.append({"row": row[0], "error": f"{type(exc).__name__}: {exc}"[:500]})
             gc.collect()  # the row's model and optimizer are gone with run_row's frame
             torch._dynamo.reset()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        if "profile" in results[-1]:
+            profiles.append(results[-1].pop("profile"))
+            write_profile(out, s, device, profile_rows, profiles, results)  # now: a later row may time out
         print(_fmt(results[-1]), flush=True)
-    meta = {"benchmark": label, "shape": asdict(s), "device": _device_name(device), "torch": torch.__version__,
+    meta = {"benchmark": label, "shape": asdict(s), "device": device_name(device), "torch": torch.__version__,
             "warmup": warmup, "steps": steps, "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
             "flops_per_token": flops_per_token(kiln_config(s), s.seq),
             "mfu_formula": "kiln.model.flops.flops_per_token(kiln config) for every row", "rows": results}
@@ -218,6 +236,10 @@ def run_suite(s: Shape, device: torch.device, rows: list[tuple[str, str, bool, b
     except Exception as exc:
         meta["loss_memory"] = f"{type(exc).__name__}: {exc}"[:500]
     print_table(results, meta)
+    for p in profiles:
+        print_profile(p)
+    if profile_rows:
+        write_profile(out, s, device, profile_rows, profiles, results)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{label}.json").write_text(json.dumps(meta, indent=2))
@@ -242,7 +264,7 @@ def loss_memory(s: Shape, device: torch.device, chunk_tokens: int = 4096) -> lis
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
         for _ in range(2):  # the second call is measured
             hidden.grad = weight.grad = None
-            _sync(device)
+            sync_device(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
@@ -250,7 +272,7 @@ def loss_memory(s: Shape, device: torch.device, chunk_tokens: int = 4096) -> lis
             with amp:
                 loss = fn()
             loss.backward()
-            _sync(device)
+            sync_device(device)
             dt = time.perf_counter() - t0
         peak = (torch.cuda.max_memory_allocated() - base) / 1e9 if device.type == "cuda" else None
         out.append({"loss": name, "tokens": n, "vocab": s.vocab, "ms": round(dt * 1e3, 1),
@@ -268,11 +290,6 @@ def _has_transformers() -> bool:
         return False
     return True
 
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu x{torch.get_num_threads()} threads"
 
 
 def _fmt(r: dict) -> str:
@@ -299,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--budget-s", type=float, default=200.0, help="start no new row after this many seconds")
     ap.add_argument("--rows", default="", help="comma-separated row names (default: all)")
+    ap.add_argument("--profile", action="store_true", help="profile.json: kernels and groups of --profile-rows")
+    ap.add_argument("--profile-rows", default=",".join(PROFILE_ROWS),
+                    help="comma-separated rows to profile (with --smoke: their eager rows)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if device.type == "cuda":
@@ -308,7 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         rows = [r for r in rows if not r[4]]
         args.warmup, args.steps = 1, 2
-    run_suite(shape, device, rows, args.warmup, args.steps, args.budget_s, args.out, "gpu_throughput")
+    prof = tuple(n.strip() for n in args.profile_rows.split(",") if n.strip()) if args.profile else ()
+    if args.smoke:
+        prof = tuple(dict.fromkeys(n.replace(" compiled", " eager") for n in prof))
+    run_suite(shape, device, rows, args.warmup, args.steps, args.budget_s, args.out, "gpu_throughput",
+              profile_rows=prof)
 
 
 if __name__ == "__main__":
