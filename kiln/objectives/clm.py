@@ -52,9 +52,4 @@ class CausalLM(Objective):
     def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = prepared.tensors
         hidden = model.backbone(t["tokens"], positions=t["positions"], segments=t.get("segments"), attention="causal")
-        if self.loss_chunk_tokens and torch.is_grad_enabled():  # no full logits (kiln/objectives/losses.py)
-            return chunked_cross_entropy(hidden, model.lm_head.weight, t["targets"], self.loss_chunk_tokens), {}
-        logits = model.lm_head(hidden)
-        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), t["targets"].flatten(), ignore_index=IGNORE,
-                                   reduction="sum")
-        return loss_sum, {}
+        return lm_loss_sum(model, hidden, t["targets"], self.loss_chunk_tokens), {}
