@@ -102,6 +102,7 @@ def run_pipeline_ranked(recipe: Recipe, run: RunDir, names: list[str], fps: dict
                     results[name] = _train_ranked(recipe, run, fps, forcing)
                 else:
                     results[name] = on_main(lambda n=name, f=forcing: run_stage(n, recipe, run, fps, force=f))
+        dist.barrier()  # no rank tears its process group down while another still talks to it
     finally:
         dist.shutdown()
     return results
