@@ -29,9 +29,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--budget-s", type=float, default=600.0)
+    ap.add_argument("--rows", default="", help="comma-separated row names, run in this order (default: all)")
     args = ap.parse_args(argv)
-    rows = [r for r in ROWS if args.compile or not r[4]]
-    rows = [r for r in rows if not r[3]] + [r for r in rows if r[3]]
+    if args.rows:
+        by_name = {r[0]: r for r in ROWS}
+        unknown = [n for n in args.rows.split(",") if n not in by_name]
+        if unknown:
+            ap.error(f"unknown rows {unknown}; rows are: {', '.join(by_name)}")
+        rows = [by_name[n] for n in args.rows.split(",")]
+    else:  # the +ac rows last
+        rows = [r for r in ROWS if args.compile or not r[4]]
+        rows = [r for r in rows if not r[3]] + [r for r in rows if r[3]]
     shape = SMOKE if args.smoke else CPU_SMALL
     if args.smoke:
         args.warmup, args.steps = 1, 2

@@ -45,7 +45,7 @@ def device_name(device: torch.device) -> str:
     return f"cpu x{torch.get_num_threads()} threads"
 
 
-PROFILE_ROWS = ("kiln compiled", "kiln compiled loss-in-graph", "hf-gpt2 compiled")
+PROFILE_ROWS = ("kiln compiled", "kiln compiled loss-in-graph", "kiln trainer compiled", "hf-gpt2 compiled")
 PROFILE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (  # first match wins; see the module docstring
     ("attention", ("flash", "fmha", "sdpa", "scaled_dot_product", "attention", "flex")),
     ("cross-entropy", ("softmax", "nll_loss", "cross_entropy")),

@@ -20,7 +20,13 @@ is the comparison and MFU its scale. Rows:
 - each ``eager`` and ``compiled`` (``torch.compile`` of the whole model; the loss stays outside);
   ``kiln compiled loss-in-graph`` compiles model + fp32 cross-entropy as one graph, as nanoGPT does, so
   inductor can fuse the cast and log-softmax instead of materialising fp32 logits (a candidate cause of the
-  gap to nanoGPT). Rows run in priority order and are skipped (reported as such) once ``--budget-s`` is spent.
+  gap to nanoGPT);
+- ``kiln trainer compiled``: what ``kiln train`` runs with ``parallel.compile: true``: the model through
+  ``kiln.train.parallel.parallelize`` (each block compiled, and the LM head + fp32 cross-entropy compiled as
+  one more graph) and the loss from the ``CausalLM`` objective (summed over targets, divided by their count);
+  ``kiln trainer compiled eager-loss`` the same with the loss left eager (what the compiled loss adds).
+
+Rows run in priority order and are skipped (reported as such) once ``--budget-s`` is spent.
 
 ``--profile``: ``torch.profiler`` breakdown of chosen rows (``gpu_profile.py``).
 """
@@ -78,17 +84,19 @@ SMOKE = Shape(n_layer=2, d_model=64, n_head=4, vocab=512, seq=64, batch=4)
 
 # (name, model kind, document masks, activation checkpointing, compiled), in priority order
 ROWS: list[tuple[str, str, bool, bool, bool]] = [
-    ("kiln eager", "kiln", False, False, False),
+    ("kiln compiled", "kiln", False, False, True),
+    ("kiln trainer compiled", "kiln-trainer", False, False, True),  # parallelize(): per block + compiled loss
+    ("kiln compiled loss-in-graph", "kiln", False, False, True),  # model + fp32 CE compiled as one graph
+    ("hf-llama compiled", "llama", False, False, True),
+    ("hf-gpt2 compiled", "gpt2", False, False, True),  # nanoGPT's architecture
+    ("kiln doc compiled", "kiln", True, False, True),
+    ("kiln trainer compiled eager-loss", "kiln-trainer", False, False, True),  # blocks compiled, loss eager
+    ("kiln compiled +ac", "kiln", False, True, True),
+    ("kiln doc compiled +ac", "kiln", True, True, True),
+    ("kiln eager", "kiln", False, False, False),  # eager rows last: cheap, and measured before
     ("kiln doc eager", "kiln", True, False, False),
     ("hf-llama eager", "llama", False, False, False),
     ("hf-gpt2 eager", "gpt2", False, False, False),
-    ("kiln compiled", "kiln", False, False, True),
-    ("kiln compiled loss-in-graph", "kiln", False, False, True),  # model + fp32 CE compiled as one graph
-    ("hf-llama compiled", "llama", False, False, True),
-    ("kiln doc compiled", "kiln", True, False, True),
-    ("hf-gpt2 compiled", "gpt2", False, False, True),  # nanoGPT's architecture: before the +ac rows
-    ("kiln compiled +ac", "kiln", False, True, True),
-    ("kiln doc compiled +ac", "kiln", True, True, True),
 ]
 
 
@@ -124,9 +132,9 @@ class _Checkpointed(nn.Module):
 
 def build(kind: str, s: Shape, ac: bool) -> tuple[nn.Module, Callable[..., torch.Tensor]]:
     """(model, logits_fn(model, tokens, segments, positions))."""
-    if kind == "kiln":
+    if kind.startswith("kiln"):
         model = kiln_config(s).build()
-        if ac:
+        if ac and kind == "kiln":  # kiln-trainer: parallelize() applies it
             model.backbone.blocks = nn.ModuleList(_Checkpointed(b) for b in model.backbone.blocks)
         return model, lambda m, t, seg, pos: m(t, positions=pos, segments=seg)
     if kind == "llama":
@@ -149,6 +157,29 @@ def build(kind: str, s: Shape, ac: bool) -> tuple[nn.Module, Callable[..., torch
 
 
 
+def trainer_loss(model: nn.Module, device: torch.device, data: dict[str, torch.Tensor], doc: bool, ac: bool,
+                 compiled: bool, compile_loss: bool = True) -> Callable[[], torch.Tensor]:
+    """The mean loss as ``kiln train`` computes it: ``parallelize`` (checkpointing, compile of the blocks and
+    the LM loss) and the ``CausalLM`` objective on a packed batch (the last position has no target)."""
+    from kiln.data.loader import Batch
+    from kiln.objectives.clm import CausalLM
+    from kiln.train.dist import DistEnv
+    from kiln.train.parallel import parallelize
+
+    objective = CausalLM()
+    par = parallelize(model, objective, strategy="single", activation_checkpointing="full" if ac else "none",
+                      compile=compiled, device=device, env=DistEnv())
+    objective.set_compile_loss(compiled and compile_loss)
+    tokens = data["tokens"]
+    if doc:
+        batch = Batch(tokens, data["segments"], data["positions"], "document", tokens.numel())
+    else:
+        rows = torch.arange(tokens.shape[1], device=device).expand_as(tokens)
+        batch = Batch(tokens, torch.zeros_like(tokens), rows, "causal", tokens.numel())
+    prepared = objective.prepare(batch)
+    return lambda: par.root(prepared=prepared)[0] / prepared.n_targets
+
+
 def run_row(row: tuple[str, str, bool, bool, bool], s: Shape, device: torch.device, warmup: int, steps: int,
             data: dict[str, torch.Tensor], profile: bool = False) -> dict:
     name, kind, doc, ac, compiled = row
@@ -166,7 +197,9 @@ def run_row(row: tuple[str, str, bool, bool, bool], s: Shape, device: torch.devi
     def model_loss(m: nn.Module) -> torch.Tensor:
         return F.cross_entropy(logits_fn(m, tokens, seg, pos).flatten(0, 1).float(), targets.flatten())
 
-    if name.endswith("loss-in-graph"):  # as nanoGPT: the loss inside the compiled graph, fp32 logits fused away
+    if kind == "kiln-trainer":
+        loss_fn = trainer_loss(model, device, data, doc, ac, compiled, compile_loss=not name.endswith("eager-loss"))
+    elif name.endswith("loss-in-graph"):  # as nanoGPT: the loss inside the compiled graph, fp32 logits fused away
         loss_fn = torch.compile(lambda: model_loss(model))
     else:
         fwd = torch.compile(model) if compiled else model
@@ -256,10 +289,12 @@ def run_suite(s: Shape, device: torch.device, rows: list[tuple[str, str, bool, b
     return results
 
 
-def loss_memory(s: Shape, device: torch.device, chunk_tokens: int = 4096) -> list[dict]:
-    """LM head + loss alone (forward + backward) at the shape's batch: full logits vs chunked
-    cross-entropy (kiln/objectives/losses.py); peak memory above the inputs and time per call."""
-    from kiln.objectives.losses import chunked_cross_entropy, plain_cross_entropy
+def loss_memory(s: Shape, device: torch.device, chunk_tokens: int = 4096, rounds: int = 5) -> list[dict]:
+    """LM head + loss alone (forward + backward) at the shape's batch: full logits eager, full logits compiled
+    as one graph (``parallel.compile``'s loss) and chunked cross-entropy (kiln/objectives/losses.py). Two warmup
+    calls each, then ``rounds`` rounds that time one call of each variant in turn (so drift in the machine's
+    speed hits all alike); the median ms per call and the peak memory above the inputs."""
+    from kiln.objectives.losses import chunked_cross_entropy, compiled_cross_entropy, plain_cross_entropy
 
     gen = torch.Generator().manual_seed(0)
     n = s.batch * s.seq
@@ -267,12 +302,17 @@ def loss_memory(s: Shape, device: torch.device, chunk_tokens: int = 4096) -> lis
     hidden = torch.randn(n, s.d_model, generator=gen).to(device, dtype).requires_grad_()
     weight = (torch.randn(s.vocab, s.d_model, generator=gen) * 0.02).to(device).requires_grad_()
     targets = torch.randint(0, s.vocab, (n,), generator=gen).to(device)
-    out = []
-    for name, fn in (("full logits", lambda: plain_cross_entropy(hidden, weight, targets)),
-                     (f"chunked ({chunk_tokens} tokens)", lambda: chunked_cross_entropy(hidden, weight, targets,
-                                                                                       chunk_tokens))):
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-        for _ in range(2):  # the second call is measured
+    variants: dict[str, Callable[[], torch.Tensor]] = {
+        "full logits": lambda: plain_cross_entropy(hidden, weight, targets),
+        "full logits, compiled": lambda: compiled_cross_entropy()(hidden, weight, targets),
+        f"chunked ({chunk_tokens} tokens)": lambda: chunked_cross_entropy(hidden, weight, targets, chunk_tokens),
+    }
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    peaks: dict[str, float] = dict.fromkeys(variants, 0.0)
+    values: dict[str, float] = {}
+    for r in range(2 + rounds):
+        for name, fn in variants.items():
             hidden.grad = weight.grad = None
             sync_device(device)
             if device.type == "cuda":
@@ -283,13 +323,19 @@ def loss_memory(s: Shape, device: torch.device, chunk_tokens: int = 4096) -> lis
                 loss = fn()
             loss.backward()
             sync_device(device)
-            dt = time.perf_counter() - t0
-        peak = (torch.cuda.max_memory_allocated() - base) / 1e9 if device.type == "cuda" else None
-        out.append({"loss": name, "tokens": n, "vocab": s.vocab, "ms": round(dt * 1e3, 1),
-                    "peak_extra_gb": round(peak, 2) if peak is not None else None,
-                    "value": round(float(loss.detach()) / n, 5)})
-        print(f"loss memory: {name:24s} {out[-1]['ms']:>8.1f} ms  peak above inputs "
-              f"{out[-1]['peak_extra_gb'] if peak is not None else '-'} GB  (mean loss {out[-1]['value']})")
+            if r >= 2:
+                times[name].append(time.perf_counter() - t0)
+                if device.type == "cuda":
+                    peaks[name] = max(peaks[name], (torch.cuda.max_memory_allocated() - base) / 1e9)
+            values[name] = float(loss.detach()) / n
+    out = []
+    for name in variants:
+        ms = sorted(times[name])[len(times[name]) // 2] * 1e3
+        peak = round(peaks[name], 2) if device.type == "cuda" else None
+        out.append({"loss": name, "tokens": n, "vocab": s.vocab, "ms": round(ms, 1), "peak_extra_gb": peak,
+                    "value": round(values[name], 5)})
+        print(f"loss memory: {name:24s} {ms:>8.1f} ms  peak above inputs {peak if peak is not None else '-'} GB  "
+              f"(mean loss {out[-1]['value']})")
     return out
 
 
@@ -304,10 +350,10 @@ def _has_transformers() -> bool:
 
 def _fmt(r: dict) -> str:
     if "tokens_per_s" not in r:
-        return f"{r['row']:24s} {r.get('skipped') or r.get('error')}"
+        return f"{r['row']:28s} {r.get('skipped') or r.get('error')}"
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
     mem = f"{r['peak_mem_gb']:.1f} GB" if r["peak_mem_gb"] is not None else "-"
-    return (f"{r['row']:24s} {r['tokens_per_s']:>10,} tok/s  {r['ms_per_step']:>8.1f} ms  MFU {mfu:>6s}  "
+    return (f"{r['row']:28s} {r['tokens_per_s']:>10,} tok/s  {r['ms_per_step']:>8.1f} ms  MFU {mfu:>6s}  "
             f"mem {mem:>8s}  params {r['params_m']}M  warmup {r['warmup_s']} s")
 
 

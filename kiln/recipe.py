@@ -181,7 +181,8 @@ class ParallelConfig(Section):
 
     strategy: Literal["auto", "single", "ddp", "fsdp"] = Field(
         "auto", description="auto: single at world size 1, else ddp below 1e9 parameters, else fsdp (FSDP2)")
-    compile: bool = Field(False, description="torch.compile each transformer block")
+    compile: bool = Field(
+        False, description="torch.compile each transformer block, and the LM loss (head + cross-entropy)")
     activation_checkpointing: Literal["none", "full", "selective"] = Field(
         "none", description="full: recompute every block in backward; selective: every other block")
 

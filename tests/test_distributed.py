@@ -105,6 +105,15 @@ def test_two_ranks_match_one_process_and_resume_on_one(reference, tmp_path, stra
     assert run.manifest("train")["complete"]
 
 
+@pytest.mark.slow
+def test_compiled_blocks_and_loss_under_fsdp_match_one_eager_process(reference, tmp_path):
+    """``parallel.compile`` (each block and the LM loss compiled) under FSDP2 on 2 ranks keeps the curve."""
+    root, overrides, single = reference
+    run = _copy_tokens(single, tmp_path / "fsdp-compiled")
+    torchrun_train([*overrides, "parallel.strategy=fsdp", "parallel.compile=true"], run.root)
+    assert_same_curve(train_losses(run), train_losses(single))
+
+
 def test_sharded_checkpoint_resumes_without_fsdp(reference, tmp_path):
     """A DCP (FSDP2) checkpoint also loads into a plain single-process model."""
     root, overrides, single = reference

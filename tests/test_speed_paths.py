@@ -86,9 +86,10 @@ def test_chunked_ce_equals_plain(chunk: int) -> None:
     torch.testing.assert_close(w2.grad, w1.grad, atol=1e-5, rtol=1e-5)
 
 
-def test_chunked_ce_in_clm_objective_tied_weights() -> None:
-    """The CLM loss with ``loss_chunk_tokens`` matches the full-logits loss, gradients included
-    (tied embedding: the head's gradient adds to the embedding's)."""
+@pytest.mark.parametrize("mode", ["chunked", "compiled"])
+def test_fast_clm_losses_equal_full_logits_tied_weights(mode: str) -> None:
+    """The CLM loss with ``loss_chunk_tokens`` or with the compiled head + loss matches the eager full-logits
+    loss, gradients included (tied embedding: the head's gradient adds to the embedding's)."""
     from kiln.data.loader import Batch
     from kiln.objectives.clm import CausalLM
 
@@ -99,10 +100,15 @@ def test_chunked_ce_in_clm_objective_tied_weights() -> None:
     seg = _segments(B, T, 2)
     batch = Batch(tokens=tokens, segments=seg, positions=torch.zeros_like(tokens), attention="document",
                   n_tokens=int((seg >= 0).sum()))
+    from kiln.objectives.losses import compiled_cross_entropy
+
+    info = compiled_cross_entropy.cache_info()
+    calls_before = info.hits + info.misses
     grads, losses = [], []
-    for chunk in (None, 10):
+    for fast in (False, True):
         obj = CausalLM()
-        obj.loss_chunk_tokens = chunk
+        obj.loss_chunk_tokens = 10 if fast and mode == "chunked" else None
+        obj.set_compile_loss(fast and mode == "compiled")
         model.zero_grad()
         loss, _ = obj.loss(model, obj.prepare(batch))
         loss.backward()
@@ -111,6 +117,25 @@ def test_chunked_ce_in_clm_objective_tied_weights() -> None:
     torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
     for a, b in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    info = compiled_cross_entropy.cache_info()  # the compiled loss was called exactly when asked for
+    assert info.hits + info.misses - calls_before == (mode == "compiled")
+
+
+def test_compile_reaches_the_loss_of_every_objective_in_a_mixture() -> None:
+    """``parallelize(compile=True)`` compiles the blocks and turns on the compiled loss, down to a mixture's
+    parts; without compile nothing changes."""
+    from kiln.objectives import build_objective
+    from kiln.train.dist import DistEnv
+    from kiln.train.parallel import parallelize
+
+    for compile in (False, True):
+        model = TransformerConfig(vocab_size=61, max_seq_len=16, n_layer=2, n_head=2, d_model=16).build()
+        obj = build_objective("mixture", weights={"clm": 0.5, "fim": 0.5})
+        parallelize(model, obj, strategy="single", compile=compile, device=torch.device("cpu"), env=DistEnv())
+        assert obj.compile_loss is compile
+        assert all(o.compile_loss is compile for o in obj.objectives.values())
+        assert all(hasattr(b, "_compiled_call_impl") and (b._compiled_call_impl is not None) is compile
+                   for b in model.backbone.blocks)
 
 
 # ----------------------------------------------------------------------------- tail split

@@ -43,6 +43,9 @@ class Objective(ABC):
     # the loss then run chunk by chunk (kiln/objectives/losses.py); None = full logits. Set by the trainer
     # from ``train.loss_chunk_tokens``.
     loss_chunk_tokens: int | None = None
+    # The LM head matmul and the cross-entropy as one torch.compile graph (``losses.compiled_cross_entropy``);
+    # set by ``kiln.train.parallel.parallelize(compile=True)`` through :meth:`set_compile_loss`.
+    compile_loss: bool = False
     vocab_size: int = 0
     seq_len: int = 0
     total_steps: int = 1
@@ -58,6 +61,10 @@ class Objective(ABC):
     def configure(self, *, vocab_size: int, seq_len: int, total_steps: int, seed: int) -> None:
         """What ``prepare`` may need to know about the run; called once by the trainer."""
         self.vocab_size, self.seq_len, self.total_steps, self.seed = vocab_size, seq_len, total_steps, seed
+
+    def set_compile_loss(self, on: bool) -> None:
+        """Compile the LM loss (head matmul + cross-entropy) as one graph; objectives made of others pass it on."""
+        self.compile_loss = on
 
     def fit(self, docs: Sequence[np.ndarray]) -> None:
         """Learn what ``prepare`` needs from the training documents (token-id arrays); default: nothing.

@@ -13,7 +13,7 @@ from torch import nn
 
 from kiln.data.loader import Batch
 from kiln.objectives.base import Objective, Prepared
-from kiln.objectives.losses import chunked_cross_entropy
+from kiln.objectives.losses import chunked_cross_entropy, compiled_cross_entropy
 
 IGNORE = -100
 
@@ -31,10 +31,16 @@ def next_token_targets(batch: Batch) -> torch.Tensor:
 
 
 def lm_loss_sum(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-                chunk_tokens: int | None = None) -> torch.Tensor:
-    """Summed LM-head cross-entropy over ``targets`` != IGNORE (chunked when training with ``chunk_tokens``)."""
+                chunk_tokens: int | None = None, compiled: bool = False) -> torch.Tensor:
+    """Summed LM-head cross-entropy over ``targets`` != IGNORE.
+
+    Chunked when training with ``chunk_tokens`` (no full logits); else, with ``compiled``, head and loss as one
+    compiled graph (no fp32 logits in memory); else full logits, eagerly.
+    """
     if chunk_tokens and torch.is_grad_enabled():
         return chunked_cross_entropy(hidden, model.lm_head.weight, targets, chunk_tokens)
+    if compiled:
+        return compiled_cross_entropy()(hidden, model.lm_head.weight, targets)
     logits = model.lm_head(hidden)
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
@@ -52,4 +58,4 @@ class CausalLM(Objective):
     def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = prepared.tensors
         hidden = model.backbone(t["tokens"], positions=t["positions"], segments=t.get("segments"), attention="causal")
-        return lm_loss_sum(model, hidden, t["targets"], self.loss_chunk_tokens), {}
+        return lm_loss_sum(model, hidden, t["targets"], self.loss_chunk_tokens, self.compile_loss), {}

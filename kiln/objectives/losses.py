@@ -16,6 +16,9 @@ path (``F.linear`` under autocast, then ``.float()``).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -86,3 +89,14 @@ def plain_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor) -> Tens
     """The reference: full logits, fp32 softmax, summed over valid targets."""
     logits = F.linear(hidden, weight)
     return F.cross_entropy(logits.flatten(0, -2).float(), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+
+
+@functools.cache
+def compiled_cross_entropy() -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """:func:`plain_cross_entropy` as one ``torch.compile`` graph (compiled once per process, on first use).
+
+    The head matmul, the fp32 cast, log-softmax and the pick of the target happen in one graph, so inductor
+    fuses the cast and the reductions instead of writing the fp32 logits and their gradient to memory, as
+    nanoGPT gets by compiling the model together with its loss. The values are those of the plain path.
+    """
+    return torch.compile(plain_cross_entropy)

@@ -55,7 +55,7 @@ class Rearranged(Objective):
 
     def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = prepared.tensors
-        return lm_loss_sum(model, self.hidden(model, t), t["targets"], self.loss_chunk_tokens), {}
+        return lm_loss_sum(model, self.hidden(model, t), t["targets"], self.loss_chunk_tokens, self.compile_loss), {}
 
 
 class FIM(Rearranged):
@@ -93,7 +93,7 @@ class FIM(Rearranged):
     def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = prepared.tensors
         hidden = self.hidden(model, t)
-        ntp = lm_loss_sum(model, hidden, t["targets"], self.loss_chunk_tokens)
+        ntp = lm_loss_sum(model, hidden, t["targets"], self.loss_chunk_tokens, self.compile_loss)
         if self.hlp_weight <= 0:
             return ntp, {}
         mask = t["hlp_mask"]

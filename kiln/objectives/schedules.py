@@ -44,6 +44,11 @@ class Switching(Objective):
             obj.loss_chunk_tokens = self.loss_chunk_tokens
             obj.configure(**kwargs)
 
+    def set_compile_loss(self, on: bool) -> None:
+        super().set_compile_loss(on)
+        for obj in self.objectives.values():
+            obj.set_compile_loss(on)
+
     def fit(self, docs: Sequence[np.ndarray]) -> None:
         for obj in self.objectives.values():
             obj.fit(docs)

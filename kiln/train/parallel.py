@@ -8,8 +8,11 @@ The model code knows nothing of any of this; :func:`parallelize` rewrites a buil
    are kept for backward and each block's forward runs again there; ``selective`` wraps every other block
    (indices 0, 2, 4, ...), about half the saving for about half the recompute. The state-dict keys do not
    change (the wrapper strips its own prefix), so checkpoints load into unwrapped models.
-2. **torch.compile per block** (``parallel.compile``): ``block.compile()`` in place, on the checkpointed
-   block when 1. applied. Off by default; off, nothing is compiled and the loss is bit-identical.
+2. **torch.compile per block, and the loss** (``parallel.compile``): ``block.compile()`` in place, on the
+   checkpointed block when 1. applied; and the objective's LM loss (head matmul + fp32 cross-entropy) as one
+   more graph (``Objective.set_compile_loss``; torchtitan compiles the loss separately too), so the fp32
+   logits are fused away instead of written out. Off by default; off, nothing is compiled and the loss is
+   bit-identical.
 3. **Data parallel** (``parallel.strategy``): ``single`` (one process), ``ddp``
    (``DistributedDataParallel``, Li et al. 2020) or ``fsdp`` (FSDP2 ``fully_shard`` per block, then the root;
    on CUDA with ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``). ``auto`` = ``single`` at
@@ -91,10 +94,12 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> int:
     return wrapped
 
 
-def apply_compile(model: nn.Module) -> None:
-    """``torch.compile`` each block in place (after checkpointing, before data parallelism)."""
+def apply_compile(model: nn.Module, objective: Objective) -> None:
+    """``torch.compile`` each block in place and the objective's LM loss (after checkpointing, before data
+    parallelism)."""
     for block in blocks_of(model):
         block.compile()
+    objective.set_compile_loss(True)
 
 
 def apply_fsdp(root: TrainModule, device: torch.device, env: DistEnv) -> None:
@@ -153,7 +158,7 @@ def parallelize(model: nn.Module, objective: Objective, *, strategy: str, activa
     """
     apply_activation_checkpointing(model, activation_checkpointing)
     if compile:
-        apply_compile(model)
+        apply_compile(model, objective)
     root = TrainModule(model, objective)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
