@@ -168,6 +168,15 @@ def _parquet_bytes(folder: Path) -> bytes:
     return p.read_bytes()
 
 
+def test_invalid_utf8_in_a_parquet_string_names_the_row(tmp_path):
+    """A flipped byte inside a string value (found by the fuzz test below): a SourceError naming file and row."""
+    seed = _parquet_bytes(tmp_path)
+    p = tmp_path / "bad.parquet"
+    p.write_bytes(seed.replace(b"gamma", b"g\x80mma", 1))  # the third row's text is no longer UTF-8
+    with pytest.raises(SourceError, match=r"bad\.parquet: row 2: unreadable value"):
+        _drain(read_parquet(str(p), "f"))
+
+
 @FUZZ
 @given(flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
        cut=st.one_of(st.none(), st.integers(0, 10_000)))

@@ -90,3 +90,13 @@ def test_compile_per_block_matches_eager():
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for a, b in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_prepared_moves_its_tensors_and_keeps_counts():
+    """The trainer prepares on the CPU and moves the result: every tensor moves, counts and extras stay."""
+    objective = CausalLM()
+    p = objective.prepare(batch())
+    moved = p.to(torch.device("meta"))
+    assert set(moved.tensors) == set(p.tensors) and all(t.device.type == "meta" for t in moved.tensors.values())
+    assert moved.n_targets == p.n_targets == int((p.tensors["targets"] != -100).sum()) and moved.extra is p.extra
+    assert all(t.device.type == "cpu" for t in p.tensors.values())  # the original is left as it was

@@ -133,9 +133,24 @@ def read_parquet(path: str, source: str, text_field: str = "text", id_field: str
             raise SourceError(f"{p}: unreadable Parquet data after row {row_no} ({exc})") from None
         if batch is None:
             break
-        for row in batch.to_pylist():
+        try:
+            rows = batch.to_pylist()
+        except Exception as exc:  # noqa: BLE001 - a corrupt value, e.g. invalid UTF-8 in a string column
+            bad = row_no + _first_unreadable_row(batch)
+            raise SourceError(f"{p}: row {bad}: unreadable value ({type(exc).__name__}: {exc})") from None
+        for row in rows:
             yield _row_doc(row, f"{p}: row {row_no}", source, f"{source}/{row_no}", text_field, id_field)
             row_no += 1
+
+
+def _first_unreadable_row(batch: Any) -> int:
+    """Index of the first row of a pyarrow record batch that cannot be converted to Python (0 if none)."""
+    for i in range(batch.num_rows):
+        try:
+            batch.slice(i, 1).to_pylist()
+        except Exception:  # noqa: BLE001 - whatever the conversion raised, this is the row
+            return i
+    return 0
 
 
 def read_txt(path: str, source: str) -> Iterator[Doc]:

@@ -27,7 +27,7 @@ def objective_val_loss(model: nn.Module, objective: Objective, batches: Iterable
     total, n = 0.0, 0
     sums: dict[str, float] = {}
     for batch in batches:
-        p = objective.prepare(batch.to(device))
+        p = objective.prepare(batch).to(device)
         loss_sum, metrics = objective.loss(model, p)
         total += float(loss_sum)
         n += p.n_targets

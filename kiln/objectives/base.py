@@ -33,6 +33,16 @@ class Prepared:
     n_targets: int
     extra: dict = field(default_factory=dict)
 
+    def to(self, device: torch.device) -> Prepared:
+        """The tensors on ``device``; from CPU to CUDA through pinned memory without blocking the host, so
+        the copy queues behind the GPU's work instead of waiting for it."""
+        if device.type == "cuda":
+            tensors = {k: v.pin_memory().to(device, non_blocking=True) if v.device.type == "cpu" else v.to(device)
+                       for k, v in self.tensors.items()}
+        else:
+            tensors = {k: v.to(device) for k, v in self.tensors.items()}
+        return Prepared(tensors, self.n_targets, self.extra)
+
 
 class Objective(ABC):
     name: str = "objective"
@@ -87,7 +97,8 @@ class Objective(ABC):
 
     @abstractmethod
     def prepare(self, batch: Batch) -> Prepared:
-        """Build inputs and targets from a packed batch (on the batch's device)."""
+        """Build inputs and targets from a packed batch, on the batch's device (the trainer prepares on the CPU
+        and moves the result, so counting targets never waits for the GPU)."""
 
     @abstractmethod
     def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -175,20 +175,21 @@ class Trainer:
         cfg = self.recipe.train
         lr = lr_at(self.step, cfg) * self.guard.lr_scale
         set_lr(self.optimizer, lr)
-        micro = [b.to(self.device) for b in self.loader.next_step(self.rows_per_step, cfg.micro_batch_size)]
+        # prepared on the CPU, then copied: no step waits on the GPU until the gradient norm (the guard's input)
+        micro = self.loader.next_step(self.rows_per_step, cfg.micro_batch_size)
         self.objective.begin_step(self.step)
-        prepared = [self.objective.prepare(b) for b in micro]
+        prepared = [self.objective.prepare(b).to(self.device) for b in micro]
         world = self.env.world_size
         # the global target count: DDP/FSDP2 average gradients over ranks, hence the factor world / n_targets
         n_targets = max(dist.all_reduce_sum([sum(p.n_targets for p in prepared)], self.device)[0], 1)
-        loss_total = 0.0
+        loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device, read once
         try:
             for i, p in enumerate(prepared):
                 with self.par.sync(enabled=i == len(prepared) - 1):  # no_sync on all but the last micro-batch
                     with autocast_for(self.device, self.precision):
                         loss_sum, _ = self.par.root(prepared=p)
                     (loss_sum * (world / n_targets)).backward()
-                loss_total += float(loss_sum.detach())
+                loss_acc += loss_sum.detach().double()
         except Exception as exc:
             if is_oom(exc):
                 raise TrainingOOM(oom_message(self.step, exc)) from exc
@@ -197,6 +198,7 @@ class Trainer:
         clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        loss_total = float(loss_acc)
         loss_total, n_tokens = dist.all_reduce_sum([loss_total, sum(b.n_tokens for b in micro)], self.device)
         loss, n_tokens = loss_total / n_targets, int(n_tokens)
         fault = self.guard.check(loss, grad_norm)  # every rank sees the same loss and global norm
