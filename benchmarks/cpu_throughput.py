@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_throughput import CPU_SMALL, ROWS, SMOKE, run_suite  # noqa: E402
+from gpu_throughput import CPU_SMALL, ROWS, SMOKE, run_suite, select_rows  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,11 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", default="", help="comma-separated row names, run in this order (default: all)")
     args = ap.parse_args(argv)
     if args.rows:
-        by_name = {r[0]: r for r in ROWS}
-        unknown = [n for n in args.rows.split(",") if n not in by_name]
-        if unknown:
-            ap.error(f"unknown rows {unknown}; rows are: {', '.join(by_name)}")
-        rows = [by_name[n] for n in args.rows.split(",")]
+        rows = select_rows(args.rows)
     else:  # the +ac rows last
         rows = [r for r in ROWS if args.compile or not r[4]]
         rows = [r for r in rows if not r[3]] + [r for r in rows if r[3]]

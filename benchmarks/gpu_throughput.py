@@ -100,6 +100,16 @@ ROWS: list[tuple[str, str, bool, bool, bool]] = [
 ]
 
 
+def select_rows(names: str) -> list[tuple[str, str, bool, bool, bool]]:
+    """The rows named in a comma-separated list, in that order; an unknown name is an error listing the rows."""
+    by_name = {r[0]: r for r in ROWS}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; rows are: {', '.join(by_name)}")
+    return [by_name[n] for n in wanted]
+
+
 def kiln_config(s: Shape) -> TransformerConfig:
     return TransformerConfig(vocab_size=s.vocab, max_seq_len=s.seq, n_layer=s.n_layer, n_head=s.n_head,
                              d_model=s.d_model)
@@ -380,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     shape = SMOKE if args.smoke or device.type == "cpu" else GPT2_SMALL
-    rows = [r for r in ROWS if not args.rows or r[0] in args.rows.split(",")]
+    rows = select_rows(args.rows) if args.rows else list(ROWS)
     if args.smoke:
         rows = rows if args.rows else [r for r in rows if not r[4]]  # compiled rows only when named
         args.warmup, args.steps = 1, 2
