@@ -15,8 +15,9 @@ from kiln.run import RunDir
 from tests.synthetic import tiny_overrides, write_jsonl_corpus
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ("corpus/train.parquet", "corpus/val.parquet", "tokenizer/tokenizer.json", "tokenizer/token_bytes.npy",
-             "tokens/train.bin", "tokens/train.idx.npy", "tokens/val.bin")
+ARTIFACTS = ("corpus/train-00000.parquet", "corpus/val-00000.parquet",
+             "tokenizer/tokenizer.json", "tokenizer/token_bytes.npy",
+             "tokens/train-00000.bin", "tokens/train-00000.idx.npy", "tokens/val-00000.bin")
 
 
 def tiny_recipe(corpus: Path, *extra: str, steps: int = 20) -> Recipe:

@@ -15,6 +15,7 @@ import pytest
 
 from kiln.corpus import shakespeare as shk
 from kiln.corpus.clean import split_docs
+from kiln.corpus.files import part_name, split_files
 from kiln.corpus.pipeline import curate
 from kiln.corpus.pydocs import read_pydocs
 from kiln.corpus.sources import SourceError, read_jsonl, read_parquet, read_source, read_txt
@@ -196,7 +197,8 @@ def test_build_corpus_schema_and_funnel(tmp_path: Path) -> None:
     summary = build_corpus(cfg, out)
     assert summary["sources"] == {"a": 31, "b": 1}
     assert summary["train_docs"] + summary["val_docs"] == 31  # one exact duplicate removed
-    train, val = pq.read_table(out / "train.parquet"), pq.read_table(out / "val.parquet")
+    train, val = (pq.read_table(out / part_name(split, 0)) for split in ("train", "val"))
+    assert [p.name for p in split_files(out, "train")] == [part_name("train", 0)]  # one shard at this size
     assert train.schema == val.schema
     assert train.schema.names == ["id", "text", "source", "file", "lang", "year"]
     assert [str(t) for t in train.schema.types] == ["string", "string", "string", "string", "string", "int64"]
@@ -209,7 +211,7 @@ def test_build_corpus_schema_and_funnel(tmp_path: Path) -> None:
     again = tmp_path / "again"
     again.mkdir()
     assert build_corpus(cfg, again) == summary
-    assert pq.read_table(again / "train.parquet").equals(train)
+    assert pq.read_table(again / part_name("train", 0)).equals(train)
 
 
 def test_build_corpus_rejects_duplicate_ids(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ FAKE_SBATCH = r"""#!/bin/bash
 script="${@: -1}"
 range=$(sed -n 's/^#SBATCH --array=\([0-9]*-[0-9]*\).*/\1/p' "$script")
 copy="$FAKE_SLURM_DIR/job-$RANDOM$RANDOM.sh"; cp "$script" "$copy"
-[ -n "$FAKE_SLURM_BREAK" ] && rm -f "$FAKE_SLURM_DIR"/kiln-exec-*/shard-00001.pkl  # task 1 will fail
+[ -n "$FAKE_SLURM_BREAK" ] && rm -f "$FAKE_SLURM_DIR"/kiln-exec-*/task-00001.pkl  # task 1 will fail
 if [ -n "$range" ]; then
   for i in $(seq "${range%-*}" "${range#*-}"); do
     SLURM_ARRAY_TASK_ID=$i SLURM_NODELIST=localhost RUN_OFFSET=0 bash "$copy" >> "$FAKE_SLURM_DIR/tasks.log" 2>&1 &
@@ -125,7 +125,7 @@ def test_slurm_executor_is_identical_to_one_process(tmp_path: Path, monkeypatch)
 def test_a_failed_slurm_task_is_an_error_not_a_hang(tmp_path: Path, monkeypatch) -> None:
     _fake_slurm(tmp_path, monkeypatch)
     monkeypatch.setenv("FAKE_SLURM_BREAK", "1")
-    with pytest.raises(RuntimeError, match=r"corpus.executor 'slurm': task 00001 failed(.|\n)*shard-00001.pkl"):
+    with pytest.raises(RuntimeError, match=r"corpus.executor 'slurm': task 00001 failed(.|\n)*task-00001.pkl"):
         run_steps(make_corpus(40, seed=7), load_recipe("curation").corpus.steps, StepContext(out_dir=tmp_path),
                   executor="slurm", workers=2, executor_args=SLURM_ARGS)
 

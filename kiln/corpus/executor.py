@@ -9,9 +9,13 @@ in the parent between blocks.
 
 - ``local``: a fork-based process pool of ``corpus.workers`` processes (``workers: 1`` runs in-process).
 - ``ray`` / ``slurm``: one datatrove task per shard (``RayPipelineExecutor`` / ``SlurmPipelineExecutor``,
-  arguments from ``corpus.executor_args``), shards and results exchanged as pickles in
-  ``corpus.executor_dir`` (default: the stage's work folder; must be on a shared filesystem for slurm
-  or a multi-node Ray cluster).
+  arguments from ``corpus.executor_args``), shards and results exchanged as pickles in a fresh
+  ``kiln-exec-*`` folder under the system temporary directory (``$TMPDIR``; there is no recipe field for it):
+  for slurm or a multi-node Ray cluster, point ``TMPDIR`` at a shared filesystem.
+
+The streaming corpus stage (kiln/corpus/stream.py) uses :func:`run_tasks`: any list of small, picklable
+task arguments (shard files on disk, not documents) through the same engines; under ray/slurm the
+arguments are grouped into ``corpus.workers`` datatrove tasks.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import pickle
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +102,8 @@ def merge(results: list[ShardResult], ctx: StepContext) -> tuple[list[Doc], list
     return docs, merged
 
 
-def shards(docs: list[Doc], n: int) -> list[list[Doc]]:
-    """``docs`` cut into ``n`` contiguous shards of near-equal size (some empty if ``n > len(docs)``)."""
+def shards(docs: list[Any], n: int) -> list[list[Any]]:
+    """``docs`` (or any list) cut into ``n`` contiguous shards of near-equal size (some empty if ``n > len(docs)``)."""
     q, r = divmod(len(docs), n)
     bounds = [0]
     for i in range(n):
@@ -122,10 +127,38 @@ def run_block(docs: list[Doc], steps: list[StepParams], ctx: StepContext, first_
     return merge(results, ctx)
 
 
-class _ShardTask:
-    """A datatrove pipeline step: task ``rank`` loads shard ``rank``, runs the block, pickles the result."""
+def _apply(fn_arg: tuple[Callable[[Any], Any], Any]) -> Any:
+    return fn_arg[0](fn_arg[1])
 
-    name = "kiln corpus block"
+
+def run_tasks(fn: Callable[[Any], Any], args: list[Any], executor: Executor = "local", workers: int = 1,
+              executor_args: dict[str, Any] | None = None, work_dir: Path | None = None) -> list[Any]:
+    """``[fn(a) for a in args]`` through ``executor``, results in ``args`` order.
+
+    ``fn`` must be a module-level function; arguments and results travel as pickles, so keep them small
+    (paths, counts, reports): the streaming corpus stage passes shard files, not documents.
+    """
+    if not args:
+        return []
+    if executor == "local" and (workers <= 1 or len(args) == 1):
+        return [fn(a) for a in args]
+    if executor == "local":
+        with ProcessPoolExecutor(min(workers, len(args)), mp_context=mp.get_context("fork")) as pool:
+            return list(pool.map(_apply, [(fn, a) for a in args]))
+    groups = shards(args, min(len(args), max(workers, 1)))  # one datatrove task per group: ``workers`` tasks
+    results = run_datatrove_tasks(_run_group, [(fn, g) for g in groups], executor, executor_args or {}, work_dir)
+    return [r for group in results for r in group]
+
+
+def _run_group(fn_group: tuple[Callable[[Any], Any], list[Any]]) -> list[Any]:
+    fn, group = fn_group
+    return [fn(a) for a in group]
+
+
+class _ShardTask:
+    """A datatrove pipeline step: task ``rank`` loads its pickled ``(fn, arg)``, pickles ``fn(arg)``."""
+
+    name = "kiln corpus task"
     type = "kiln"
 
     def __init__(self, folder: str) -> None:
@@ -134,9 +167,9 @@ class _ShardTask:
     def __call__(self, data: Any, rank: int = 0, world_size: int = 1) -> None:
         folder = Path(self.folder)
         try:
-            with open(folder / f"shard-{rank:05d}.pkl", "rb") as f:
-                docs, job = pickle.load(f)
-            result = run_shard(docs, job)
+            with open(folder / f"task-{rank:05d}.pkl", "rb") as f:
+                fn, arg = pickle.load(f)
+            result = fn(arg)
         except BaseException:  # the waiting process reads this and stops waiting
             (folder / f"error-{rank:05d}.txt").write_text(traceback.format_exc())
             raise
@@ -169,13 +202,20 @@ def _datatrove_executor(executor: Executor, pipeline: list[Any], tasks: int, log
 def run_datatrove(docs: list[Doc], job: ShardJob, executor: Executor, tasks: int, args: dict[str, Any],
                   work_dir: Path | None, poll_s: float = 5.0) -> list[ShardResult]:
     """One datatrove task per shard through Ray or Slurm; waits for every shard's result, in shard order."""
+    return run_datatrove_tasks(_run_shard_args, [(part, job) for part in shards(docs, tasks)], executor, args,
+                               work_dir, poll_s)
+
+
+def run_datatrove_tasks(fn: Callable[[Any], Any], fn_args: list[Any], executor: Executor, args: dict[str, Any],
+                        work_dir: Path | None, poll_s: float = 5.0) -> list[Any]:
+    """``fn(a)`` for each of ``fn_args``, one datatrove task each (Ray or Slurm); results in order."""
     from kiln.corpus import assets  # noqa: F401 - HF_HUB_OFFLINE before datatrove loads
 
     root = Path(tempfile.mkdtemp(prefix="kiln-exec-", dir=work_dir))
-    parts = shards(docs, tasks)
-    for rank, part in enumerate(parts):
-        with open(root / f"shard-{rank:05d}.pkl", "wb") as f:
-            pickle.dump((part, job), f)
+    tasks = len(fn_args)
+    for rank, arg in enumerate(fn_args):
+        with open(root / f"task-{rank:05d}.pkl", "wb") as f:
+            pickle.dump((fn, arg), f)
     ex = _datatrove_executor(executor, [_ShardTask(str(root))], tasks, str(root / "logs"), dict(args))
     ex.run()
     results = [root / f"result-{rank:05d}.pkl" for rank in range(tasks)]

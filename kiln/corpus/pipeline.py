@@ -3,6 +3,9 @@
 With ``corpus.steps`` unset the pipeline is the foundation's: ``normalize`` (``corpus.normalize``),
 ``empty``, ``length`` (``corpus.min_chars``/``max_chars``), exact dedup labelled ``dedup`` (if
 ``corpus.dedup``). ``corpus.select`` always runs first when set.
+
+These functions hold every document in one list: the in-memory reference path. The corpus stage itself
+streams shard by shard (:mod:`kiln.corpus.stream`) with results equal to :func:`curate`'s.
 """
 
 from __future__ import annotations

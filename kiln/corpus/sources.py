@@ -153,10 +153,12 @@ def _first_unreadable_row(batch: Any) -> int:
     return 0
 
 
-def read_txt(path: str, source: str) -> Iterator[Doc]:
+def read_txt(path: str, source: str, skipped: list[str] | None = None) -> Iterator[Doc]:
     """A ``.txt`` file, or every ``.txt`` under a folder (recursive, sorted): one document per file.
 
-    Id ``{source}/{relative path}`` (the file name for a single file); metadata ``file``."""
+    Id ``{source}/{relative path}`` (the file name for a single file); metadata ``file``. A file that cannot
+    be read (or is not UTF-8) is a :class:`SourceError`, or, with a ``skipped`` list (``corpus.on_error:
+    skip``), its error message is appended there and the file skipped."""
     p = _existing(path)
     if p.is_dir():
         files = sorted((f for f in p.rglob("*.txt") if f.is_file()), key=lambda f: f.relative_to(p).as_posix())
@@ -167,16 +169,39 @@ def read_txt(path: str, source: str) -> Iterator[Doc]:
         files, rels = [p], [p.name]
     for f, rel in zip(files, rels, strict=True):
         try:
-            text = f.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise SourceError(f"{f}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-        except OSError as exc:
-            raise SourceError(f"{f}: cannot read ({exc.strerror or exc})") from None
+            try:
+                text = f.read_bytes().decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise SourceError(f"{f}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            except OSError as exc:
+                raise SourceError(f"{f}: cannot read ({exc.strerror or exc})") from None
+        except SourceError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
+            continue
         yield {"id": f"{source}/{rel}", "text": text, "source": source, "file": rel}
 
 
-def read_source(src: SourceConfig, cache_dir: Path) -> Iterator[Doc]:
-    """Documents of one source, truncated to ``max_docs``."""
+def skip_list(cfg: CorpusConfig) -> list[str] | None:
+    """A list collecting unreadable files under ``corpus.on_error: skip``; None (raise) under ``stop``."""
+    return [] if cfg.on_error == "skip" else None
+
+
+def count_skipped(entry: dict[str, Any], label: str, skipped: list[str] | None) -> None:
+    """Record a source's skipped files in its funnel entry (``files_skipped``, the first few errors) and log them."""
+    if not skipped:
+        return
+    entry["files_skipped"] = entry.get("files_skipped", 0) + len(skipped)
+    entry.setdefault("skipped_examples", []).extend(skipped[:3 - len(entry.get("skipped_examples", []))])
+    from kiln.progress import log
+
+    log(f"corpus: {label}: skipped {len(skipped)} unreadable file(s) (corpus.on_error: skip), e.g. {skipped[0]}")
+
+
+def read_source(src: SourceConfig, cache_dir: Path, skipped: list[str] | None = None) -> Iterator[Doc]:
+    """Documents of one source, truncated to ``max_docs``; with a ``skipped`` list, unreadable files of a
+    ``txt`` folder are recorded there and skipped (``corpus.on_error: skip``) instead of raising."""
     label = source_label(src)
     docs: Iterator[Doc]
     if src.kind == "jsonl":
@@ -184,7 +209,7 @@ def read_source(src: SourceConfig, cache_dir: Path) -> Iterator[Doc]:
     elif src.kind == "parquet":
         docs = read_parquet(str(src.path), label, src.text_field, src.id_field)
     elif src.kind == "txt":
-        docs = read_txt(str(src.path), label)
+        docs = read_txt(str(src.path), label, skipped)
     elif src.kind == "shakespeare":
         from kiln.corpus.shakespeare import read_shakespeare
 

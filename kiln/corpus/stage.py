@@ -1,10 +1,19 @@
-"""The corpus stage: read every source, clean, split; write train/val Parquet and the funnel.
+"""The corpus stage: read every source, clean, split; write train/val Parquet parts and the funnel.
+
+Outputs (in the stage folder): ``train-NNNNN.parquet`` and ``val-NNNNN.parquet`` parts (names from
+:func:`kiln.corpus.files.part_name`; readers go through :mod:`kiln.corpus.files`), ``removed.parquet``
+(one row per removed document: ``id``, ``step``, ``reason``, by step then corpus order) and ``funnel.json``.
 
 Parquet columns: ``id``, ``text``, ``source`` (strings, not null), then every metadata key seen in
 any document read, sorted by name, nullable. A metadata column's type is decided from its non-null
-values over all documents read (so filter settings never change the schema): all bool -> bool,
-all int -> int64, all int/float -> float64, anything else (or no values) -> string (``str(v)``).
-Rows keep the read order: sources in recipe order, each source in its reader's order.
+values over all documents read (so filter settings never change the schema, and every part of every
+split has the same schema): all bool -> bool, all int -> int64, all int/float -> float64, anything else
+(or no values) -> string (``str(v)``). Rows keep the read order: sources in recipe order, each source in
+its reader's order (``split: tail`` with ``split_order_by``: that order).
+
+The stage streams (:mod:`kiln.corpus.stream`): memory is bounded by the shard size
+(``corpus.shard_docs`` / ``corpus.shard_bytes``), not the corpus. :func:`reference_corpus` is the
+in-memory path (every document in one list): the reference the streaming stage is tested against.
 """
 
 from __future__ import annotations
@@ -13,54 +22,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from kiln.atomic import staged_path, write_json
-from kiln.corpus.clean import nbytes, split_docs, split_tail
-from kiln.corpus.pipeline import curate, write_removed
-from kiln.corpus.sources import Doc, SourceError, cache_dir_for, read_source, source_label
-from kiln.corpus.steps.base import StepContext
+from kiln.atomic import write_json
+from kiln.corpus.clean import split_docs, split_tail
+from kiln.corpus.pipeline import curate
+from kiln.corpus.report import nbytes
+from kiln.corpus.schema import BASE_COLUMNS, corpus_schema, write_parquet
+from kiln.corpus.sources import (
+    Doc,
+    SourceError,
+    cache_dir_for,
+    count_skipped,
+    read_source,
+    skip_list,
+    source_label,
+)
+from kiln.corpus.steps.base import Removal, StepContext
 from kiln.progress import log, track
 from kiln.recipe import CorpusConfig
 
-BASE_COLUMNS = ("id", "text", "source")
-_INT64 = (-(2**63), 2**63 - 1)
-
-
-def _column_type(values: list[Any]) -> pa.DataType:
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, bool) for v in present):
-        return pa.bool_()
-    if any(isinstance(v, bool) for v in present):
-        return pa.string()
-    if present and all(isinstance(v, int) and _INT64[0] <= v <= _INT64[1] for v in present):
-        return pa.int64()
-    if present and all(isinstance(v, int | float) for v in present):
-        return pa.float64()
-    return pa.string()
-
-
-def corpus_schema(docs: list[Doc]) -> pa.Schema:
-    """The deterministic schema for ``docs`` (see the module docstring)."""
-    keys = sorted({k for d in docs for k in d} - set(BASE_COLUMNS))
-    fields = [pa.field(name, pa.string(), nullable=False) for name in BASE_COLUMNS]
-    fields += [pa.field(k, _column_type([d.get(k) for d in docs])) for k in keys]
-    return pa.schema(fields)
-
-
-def _cast(value: Any, kind: pa.DataType) -> Any:
-    if value is None or not pa.types.is_string(kind):
-        return float(value) if value is not None and pa.types.is_floating(kind) else value
-    return value if isinstance(value, str) else str(value)
-
-
-def write_parquet(path: Path, docs: list[Doc], schema: pa.Schema) -> None:
-    """Write ``docs`` with ``schema`` atomically."""
-    columns = {f.name: pa.array([_cast(d.get(f.name), f.type) for d in docs], type=f.type) for f in schema}
-    table = pa.table(columns, schema=schema)
-    with staged_path(path) as tmp:
-        pq.write_table(table, tmp)
+__all__ = ["BASE_COLUMNS", "build_corpus", "corpus_schema", "read_all", "reference_corpus", "write_parquet"]
 
 
 def read_all(cfg: CorpusConfig) -> tuple[list[Doc], dict[str, dict[str, Any]]]:
@@ -73,7 +53,8 @@ def read_all(cfg: CorpusConfig) -> tuple[list[Doc], dict[str, dict[str, Any]]]:
         label = source_label(src)
         start = time.perf_counter()
         n = size = 0
-        for doc in track(read_source(src, cache), f"corpus: read {label}", total=src.max_docs):
+        skipped = skip_list(cfg)
+        for doc in track(read_source(src, cache, skipped), f"corpus: read {label}", total=src.max_docs):
             if doc["id"] in owner:
                 raise SourceError(
                     f"duplicate document id '{doc['id']}' (sources '{owner[doc['id']]}' and '{label}'); "
@@ -88,22 +69,20 @@ def read_all(cfg: CorpusConfig) -> tuple[list[Doc], dict[str, dict[str, Any]]]:
         entry["docs_read"] += n
         entry["bytes_read"] += size
         entry["seconds"] = round(entry["seconds"] + secs, 3)
-        log(f"corpus: {label} ({src.kind}): {n} docs, {size / 1e6:.2f} MB in {secs:.1f} s")
+        count_skipped(entry, label, skipped)
     return docs, stats
 
 
-def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict:
-    """Read every source, clean, split; write out_dir/train.parquet, out_dir/val.parquet, out_dir/funnel.json.
+def reference_corpus(cfg: CorpusConfig, out_dir: Path | None = None) -> tuple[list[Doc], list[Doc], dict,
+                                                                             list[Removal]]:
+    """The in-memory corpus stage: ``(train, val, funnel, removed)`` with every document in one list.
 
-    Returns ``{"train_docs", "val_docs", "train_bytes", "val_bytes", "sources": {name: docs read}}``.
-    """
-    out_dir = Path(out_dir)
+    Writes nothing; equal to what :func:`build_corpus` writes (funnel ``seconds`` aside)."""
     docs, stats = read_all(cfg)
     schema = corpus_schema(docs)
-    ctx = StepContext(cache_dir=cache_dir_for(cfg), run_dir=out_dir.parent, out_dir=out_dir, seed=cfg.split_seed,
-                      on_error=cfg.on_error)
+    ctx = StepContext(cache_dir=cache_dir_for(cfg), run_dir=out_dir.parent if out_dir else None, out_dir=out_dir,
+                      seed=cfg.split_seed, on_error=cfg.on_error)
     kept, steps = curate(docs, cfg, ctx)
-    write_removed(out_dir / "removed.parquet", ctx.removed)
     if cfg.split == "tail":
         train, val, split = split_tail(kept, cfg.val_fraction, cfg.split_order_by)
     else:
@@ -114,23 +93,50 @@ def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict:
     for entry in stats.values():
         entry.setdefault("train_docs", 0)
         entry.setdefault("val_docs", 0)
-    write_parquet(out_dir / "train.parquet", train, schema)
-    write_parquet(out_dir / "val.parquet", val, schema)
-    funnel = {
-        "steps": [s.to_json() for s in steps],
-        "sources": stats,
-        "split": split,
-        "schema": [f"{f.name}: {f.type}" for f in schema],
-    }
+    funnel = {"steps": [s.to_json() for s in steps], "sources": stats, "split": split,
+              "schema": [f"{f.name}: {f.type}" for f in schema]}
+    return train, val, funnel, ctx.removed
+
+
+def refuse_empty(cfg: CorpusConfig, funnel: dict) -> None:
+    """A corpus with no training document is an error naming the sources (and the step that emptied it)."""
+    if funnel["split"]["train_docs"] > 0:
+        return
+    read = {name: entry["docs_read"] for name, entry in funnel["sources"].items()}
+    where = ", ".join(f"'{source_label(s)}' ({s.kind}{': ' + str(s.path) if s.path else ''}): "
+                      f"{read.get(source_label(s), 0)} documents" for s in cfg.sources)
+    if not any(read.values()):
+        raise SourceError(f"corpus: no documents read from any source ({where}); check the paths and "
+                          "that the files are not empty")
+    emptied = next((r["step"] for r in funnel["steps"] if r["docs_in"] and not r["docs_out"]), None)
+    raise SourceError(f"corpus: no document left for training ({where}"
+                      f"{f'; step {emptied!r} removed the last ones' if emptied else ''}); see funnel.json "
+                      "and loosen the filters (e.g. corpus.min_chars)")
+
+
+def build_corpus(cfg: CorpusConfig, out_dir: Path) -> dict:
+    """Read every source, clean, split; write the parts, removed.parquet and funnel.json into ``out_dir``.
+
+    Returns ``{"train_docs", "val_docs", "train_bytes", "val_bytes", "sources": {name: docs read}}``.
+    """
+    from kiln.corpus.stream import build_streaming
+
+    out_dir = Path(out_dir)
+    funnel, read, kept = build_streaming(cfg, out_dir)
     write_json(out_dir / "funnel.json", funnel)
+    split = funnel["split"]
+    refuse_empty(cfg, funnel)
+    if split["val_docs"] == 1:
+        log(f"corpus: warning: the validation split holds a single document ({split['val_bytes']} bytes): "
+            "validation numbers will be noisy; raise corpus.val_fraction or add documents")
     log(
-        f"corpus: {len(docs)} read -> {len(kept)} kept -> train {len(train)} docs "
-        f"({split['train_bytes'] / 1e6:.2f} MB), val {len(val)} docs ({split['val_bytes'] / 1e6:.2f} MB)"
+        f"corpus: {read.docs_read} read -> {kept} kept -> train {split['train_docs']} docs "
+        f"({split['train_bytes'] / 1e6:.2f} MB), val {split['val_docs']} docs ({split['val_bytes'] / 1e6:.2f} MB)"
     )
     return {
         "train_docs": split["train_docs"],
         "val_docs": split["val_docs"],
         "train_bytes": split["train_bytes"],
         "val_bytes": split["val_bytes"],
-        "sources": {name: entry["docs_read"] for name, entry in stats.items()},
+        "sources": {name: entry["docs_read"] for name, entry in funnel["sources"].items()},
     }

@@ -51,11 +51,16 @@ class FastTextQualityParams(StepParams):
     min_count: int = Field(1, ge=1)
     bucket: int = Field(200_000, ge=1000, description="hash buckets for n-grams (memory: bucket x dim floats)")
     seed: int = 0
+    cross_fit: int = Field(5, ge=0, description="folds: each document is scored by a classifier trained without "
+                           "its fold, so none is scored by a model that saw it; 0 = one classifier scores its own "
+                           "training documents (in-sample, optimistic)")
 
     @model_validator(mode="after")
     def _one_rule(self) -> FastTextQualityParams:
         if (self.threshold is None) == (self.keep_fraction is None):
             raise ValueError("give exactly one of `threshold` or `keep_fraction`")
+        if self.cross_fit == 1:
+            raise ValueError("cross_fit: 1 fold leaves nothing to train on; use 0 (in-sample) or 2 or more folds")
         return self
 
 

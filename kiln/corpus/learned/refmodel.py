@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from kiln.data.loader import Batch
-from kiln.objectives.clm import IGNORE, next_token_targets
+from kiln.model.load import ModelLoadError, load_model, resolve_model_dir
+from kiln.model.targets import IGNORE, next_token_targets
 from kiln.tokenizer.special import PAD
 from kiln.tokenizer.train import TOKENIZER_FILE, load_token_bytes, load_tokenizer
-from kiln.train.checkpoint import CheckpointError, latest_checkpoint, load_model
 
 
 class ReferenceModelError(FileNotFoundError):
@@ -34,16 +34,12 @@ class ReferenceModelError(FileNotFoundError):
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A ``step-N`` folder from: that folder, a ``checkpoints/`` folder, a ``train/`` stage folder or a run dir."""
-    path = Path(path)
-    if (path / "model.safetensors").exists():
-        return path
-    for root in (path, path / "checkpoints", path / "train" / "checkpoints"):
-        found = latest_checkpoint(root)
-        if found is not None:
-            return found
-    raise ReferenceModelError(f"no kiln checkpoint at {path} (looked for model.safetensors, checkpoints/step-N, "
-                              "train/checkpoints/step-N)")
+    """The model folder for ``path``: a ``step-N`` folder, the latest one under a ``checkpoints/`` folder, a
+    ``train/`` stage folder or a run dir, or a ``kiln export`` folder (:func:`kiln.model.load.resolve_model_dir`)."""
+    try:
+        return resolve_model_dir(path)
+    except ModelLoadError as exc:
+        raise ReferenceModelError(str(exc)) from None
 
 
 def resolve_tokenizer(checkpoint: Path, tokenizer: Path | None) -> Path:
@@ -72,7 +68,7 @@ class ReferenceModel:
         ckpt = resolve_checkpoint(path)
         try:
             model = load_model(ckpt, "cpu")
-        except CheckpointError as exc:
+        except ModelLoadError as exc:
             raise ReferenceModelError(str(exc)) from exc
         tok_dir = resolve_tokenizer(ckpt, tokenizer)
         model.eval()

@@ -49,7 +49,9 @@ def _word_hash(w: str) -> int:
 
 
 def shingles(text: str, n: int) -> np.ndarray:
-    """Distinct 32-bit hashes of the word ``n``-grams of ``text`` (the whole text if shorter than ``n``).
+    """Distinct 32-bit hashes of the word ``n``-grams of ``text`` (the whole text if shorter than ``n``; a
+    text with no word at all is one shingle of its stripped characters, so two such documents are near
+    duplicates only if equal, not because both have no words).
 
     Words are hashed once (blake2b, cached); a shingle's hash is a polynomial of its word hashes modulo
     2^64 (numpy wrap-around), top 32 bits kept: deterministic across processes, vectorised per document.
@@ -57,8 +59,9 @@ def shingles(text: str, n: int) -> np.ndarray:
     from kiln.corpus.words import WORD_RE
 
     ws = [w for w in WORD_RE.findall(text.lower()) if w[0].isalnum() or w[0] == "_"]
-    if not ws:
-        return np.zeros(1, dtype=np.uint64)
+    if not ws:  # no words (symbols, whitespace): one shingle, the whole stripped text, so only equal texts match
+        digest = hashlib.blake2b(text.strip().encode(), digest_size=8).digest()
+        return np.array([int.from_bytes(digest, "little") >> 32], dtype=np.uint64)
     h = np.fromiter((_word_hash(w) for w in ws), dtype=np.uint64, count=len(ws))
     m = max(1, len(ws) - n + 1)
     acc = np.zeros(m, dtype=np.uint64)
