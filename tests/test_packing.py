@@ -149,3 +149,35 @@ def test_save_load_and_fingerprint(tmp_path: Path) -> None:
     assert q.fingerprint() == p.fingerprint()
     assert pack(lengths, 64, "concat").fingerprint() != p.fingerprint()
     assert pack(lengths, 65).fingerprint() != p.fingerprint()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 70), min_size=1, max_size=60), st.lists(st.integers(0, 60), max_size=4),
+       st.sampled_from(["best_fit", "concat"]))
+def test_a_split_of_many_shards_packs_as_one(lengths: list[int], cuts: list[int], mode: str) -> None:
+    """Packing sees one document index whatever the number of shards: the same rows, and every segment's
+    tokens (read through the split) are the document's own."""
+    import tempfile
+
+    from kiln.data.shards import ShardWriter, TokenShard, open_split, shard_name, write_split_index
+
+    bounds = sorted({0, len(lengths), *[min(c, len(lengths)) for c in cuts]})
+    docs = [np.arange(n, dtype=np.int64) + 1000 * d for d, n in enumerate(lengths)]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        with ShardWriter(folder / "one", "uint32") as w:
+            for d in docs:
+                w.add(d)
+        entries = []
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            with ShardWriter(folder / shard_name("train", i), "uint32") as w:
+                for d in docs[a:b]:
+                    w.add(d)
+            entries.append({"name": shard_name("train", i), "n_docs": w.n_docs, "n_tokens": w.n_tokens})
+        write_split_index(folder, "train", entries)
+        one, many = TokenShard(folder / "one"), open_split(folder, "train")
+        a, b = pack(one.doc_lengths(), 16, mode), pack(many.doc_lengths(), 16, mode)
+        assert a.fingerprint() == b.fingerprint()
+        for doc, start, n in zip(b.seg_doc.tolist(), b.seg_start.tolist(), b.seg_len.tolist(), strict=True):
+            src = many.offsets[doc] + start + np.arange(n)
+            np.testing.assert_array_equal(many.take(src), docs[doc][start : start + n])

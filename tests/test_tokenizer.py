@@ -58,3 +58,18 @@ def test_tokenizer_file_is_plain_tokenizers_json(tok_dir):
 def test_missing_tokenizer_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the tokenizer stage"):
         load_tokenizer(tmp_path)
+
+
+def test_training_streams_the_corpus_parts(tok_dir, tmp_path):
+    """The sharded corpus layout (train-00000.parquet, ...) trains the same tokenizer as one train.parquet."""
+    for i, lo in enumerate(range(0, len(TEXTS), 25)):
+        pq.write_table(pa.table({"text": TEXTS[lo : lo + 25]}), tmp_path / f"train-{i:05d}.parquet")
+    assert len(list(tmp_path.glob("train-*.parquet"))) == 4
+    train_tokenizer(TokenizerConfig(vocab_size=600), tmp_path, tmp_path)
+    assert (tmp_path / "tokenizer.json").read_text() == (tok_dir / "tokenizer.json").read_text()
+    assert (tmp_path / "token_bytes.npy").read_bytes() == (tok_dir / "token_bytes.npy").read_bytes()
+
+
+def test_no_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no 'train' documents"):
+        train_tokenizer(TokenizerConfig(vocab_size=600), tmp_path, tmp_path)

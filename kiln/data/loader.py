@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from kiln.data.packing import Packing, grouped_arange
-from kiln.data.shards import TokenShard
+from kiln.data.shards import Shards
 
 ATTENTIONS = ("document", "causal")
 
@@ -58,7 +58,7 @@ class Batch:
         )
 
 
-def check_packing(shard: TokenShard, packing: Packing) -> None:
+def check_packing(shard: Shards, packing: Packing) -> None:
     """Raise ``ValueError`` unless ``packing`` was made for ``shard``'s document index."""
     if packing.n_docs != shard.n_docs:
         raise ValueError(
@@ -80,7 +80,7 @@ def check_packing(shard: TokenShard, packing: Packing) -> None:
             raise ValueError(f"packing has rows longer than seq_len={packing.seq_len}")
 
 
-def materialise(shard: TokenShard, packing: Packing, rows: np.ndarray, pad_id: int, attention: str) -> Batch:
+def materialise(shard: Shards, packing: Packing, rows: np.ndarray, pad_id: int, attention: str) -> Batch:
     """Build the batch of the given packing rows (in that order); copies only the tokens the rows use."""
     rows = np.asarray(rows, dtype=np.int64)
     n, L = len(rows), packing.seq_len
@@ -94,7 +94,7 @@ def materialise(shard: TokenShard, packing: Packing, rows: np.ndarray, pad_id: i
     dest = np.repeat(np.arange(n, dtype=np.int64) * L, row_tokens) + grouped_arange(row_tokens)
 
     tokens = np.full(n * L, pad_id, dtype=np.int64)
-    tokens[dest] = np.asarray(shard.tokens)[src]
+    tokens[dest] = shard.take(src)
     segments = np.full(n * L, -1, dtype=np.int64)
     segments[dest] = np.repeat(seg_no, lens)
     if attention == "document":
@@ -116,7 +116,7 @@ class PackedLoader:
 
     def __init__(
         self,
-        shard: TokenShard,
+        shard: Shards,
         packing: Packing,
         *,
         pad_id: int,
@@ -234,7 +234,7 @@ class PackedLoader:
 
 
 def iter_eval_batches(
-    shard: TokenShard,
+    shard: Shards,
     packing: Packing,
     pad_id: int,
     attention: str,

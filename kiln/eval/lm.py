@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from kiln.corpus.files import iter_text_batches
 from kiln.data.loader import Batch
 from kiln.objectives.clm import IGNORE, next_token_targets
 from kiln.progress import track
@@ -68,16 +68,16 @@ def evaluate_lm(model: torch.nn.Module, batches: Iterable[Batch], token_bytes: n
     }
 
 
-def _byte_counts(parquet: Path) -> np.ndarray:
+def _byte_counts(corpus_dir: Path, split: str) -> np.ndarray:
     counts = np.zeros(256, dtype=np.int64)
-    for batch in pq.ParquetFile(parquet).iter_batches(batch_size=1024, columns=["text"]):
-        for text in batch.column(0).to_pylist():
-            counts += np.bincount(np.frombuffer(text.encode("utf-8"), dtype=np.uint8), minlength=256)
+    for texts in iter_text_batches(corpus_dir, split, batch_rows=1024):
+        counts += np.bincount(np.frombuffer("".join(texts).encode("utf-8"), dtype=np.uint8), minlength=256)
     return counts
 
 
-def unigram_bpb(train_parquet: Path, val_parquet: Path) -> float:
-    """Cross-entropy (bits/byte) of val bytes under add-one-smoothed train byte frequencies."""
-    train, val = _byte_counts(train_parquet), _byte_counts(val_parquet)
+def unigram_bpb(corpus_dir: Path) -> float:
+    """Cross-entropy (bits/byte) of the val split's bytes under add-one-smoothed train byte frequencies
+    (streamed over the corpus folder's Parquet parts)."""
+    train, val = _byte_counts(corpus_dir, "train"), _byte_counts(corpus_dir, "val")
     probs = (train + 1) / (train.sum() + 256)
     return float(-(val * np.log2(probs)).sum() / max(val.sum(), 1))

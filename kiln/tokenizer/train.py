@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from kiln import atomic
+from kiln.corpus.files import iter_text_batches
 from kiln.progress import log
 from kiln.recipe import TokenizerConfig
 from kiln.tokenizer.special import BOS, EOS, SPECIAL_IDS, SPECIAL_TOKENS
@@ -23,9 +23,9 @@ TOKENIZER_FILE = "tokenizer.json"
 TOKEN_BYTES_FILE = "token_bytes.npy"
 
 
-def _iter_texts(parquet: Path, batch_rows: int = 2048) -> Iterator[str]:
-    for batch in pq.ParquetFile(parquet).iter_batches(batch_size=batch_rows, columns=["text"]):
-        yield from batch.column(0).to_pylist()
+def _iter_texts(corpus_dir: Path, split: str = "train", batch_rows: int = 2048) -> Iterator[list[str]]:
+    """The split's texts in batches, streamed part after part (the trainer accepts batches of strings)."""
+    yield from iter_text_batches(corpus_dir, split, batch_rows=batch_rows)
 
 
 def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
@@ -66,7 +66,7 @@ def train_tokenizer(cfg: TokenizerConfig, corpus_dir: Path, out_dir: Path) -> di
         show_progress=False,
     )
     log(f"tokenizer: training byte-level BPE, vocab {cfg.vocab_size}")
-    tok.train_from_iterator(_iter_texts(corpus_dir / "train.parquet"), trainer=trainer)
+    tok.train_from_iterator(_iter_texts(corpus_dir), trainer=trainer)
     for name, idx in SPECIAL_IDS.items():
         if tok.token_to_id(name) != idx:
             raise RuntimeError(f"special token {name} got id {tok.token_to_id(name)}, expected {idx}")
