@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from kiln.infer.generate import KVCache, generate, sample_next
+from kiln.infer.kind import encoder_reason
+from kiln.infer.stage import opening, resolve_prompts
 from kiln.model.config import TransformerConfig
 from kiln.model.heads import LanguageModel
+from kiln.recipe import GenerateConfig
+from kiln.run import RunDir
 
 PROMPT = [3, 14, 15, 92, 65, 35]
 
@@ -101,3 +107,85 @@ def test_sample_next_filters():
     assert picks == {1, 2}
     picks = {sample_next(logits, 1.0, generator=g) for _ in range(2000)}
     assert picks == {0, 1, 2, 3, 4}
+
+
+# --- prompts and the encoder rule (kiln/infer/stage.py, kiln/infer/kind.py) -------------------------------
+
+
+def test_opening_cuts_the_first_line_at_a_space():
+    assert opening("\n  Once upon a time there was a very long sentence indeed\nsecond") == \
+        "Once upon a time there was a very long"
+    assert opening("short line\nmore") == "short line"
+    assert opening("x" * 60) == "x" * 60  # one long word stays whole
+    assert opening(" \n\t") == ""
+
+
+def _val_split(corpus_dir, texts):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    ids = [f"doc{i}" for i in range(len(texts))]
+    pq.write_table(pa.table({"id": ids, "text": texts}), corpus_dir / "val-00000.parquet")
+
+
+def test_default_prompts_come_from_the_runs_held_out_documents(tmp_path):
+    """A custom corpus is prompted with its own text, not Shakespeare's 'ROMEO.' (issue 12, point 15)."""
+    run = RunDir(tmp_path / "run")
+    _val_split(run.stage("corpus"), ["", "def parse(path):\n    return open(path)", "Dear diary, today I went out",
+                                     "third"])
+    cfg = GenerateConfig()
+    assert cfg.prompts == []  # the recipe's default names no prompts
+    prompts = resolve_prompts(run, cfg)
+    assert prompts == [("def parse(path):", "doc1"), ("Dear diary, today I went out", "doc2")]
+    assert all("ROMEO" not in p for p, _ in prompts)
+    assert resolve_prompts(run, GenerateConfig(prompts=["King"])) == [("King", None)]  # explicit prompts win
+
+
+def test_default_prompts_need_held_out_text(tmp_path):
+    run = RunDir(tmp_path / "run")
+    _val_split(run.stage("corpus"), ["", "  \n"])
+    with pytest.raises(ValueError, match="set generate.prompts"):
+        resolve_prompts(run, GenerateConfig())
+
+
+@pytest.mark.parametrize(("objective", "attention", "encoder"), [
+    ("clm", "causal", False), ("clm", "prefix", False), ("clm", "bidirectional", True),
+    ("mlm", "causal", True), ("electra", "causal", True), ("clm_mlm", "causal", True),
+])
+def test_one_encoder_rule(objective, attention, encoder):
+    assert (encoder_reason(objective, None, attention) is not None) is encoder
+
+
+@pytest.mark.slow
+def test_generate_and_eval_agree_an_mlm_run_is_an_encoder(tmp_path):
+    """MLM on the default causal attention: eval reported no bits per byte while generate sampled from the
+    untrained LM head; both now call kiln.infer.kind."""
+    from typer.testing import CliRunner
+
+    from kiln.cli import app
+    from tests.synthetic import tiny_overrides, write_jsonl_corpus
+
+    corpus = write_jsonl_corpus(tmp_path / "c.jsonl", n_docs=60)
+    run_dir = tmp_path / "r"
+    res = CliRunner().invoke(app, ["run", "demo", *tiny_overrides(corpus, steps=4), "train.objective=mlm",
+                                   "--run-dir", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["val_bpb"] is None and metrics["val_objective"] == "mlm"
+    assert (run_dir / "generate" / "samples.jsonl").read_text() == ""
+
+
+def test_a_custom_corpus_run_samples_from_its_own_prompts(tiny_trained):
+    """The shared tiny run (tests/conftest.py: a synthetic JSONL corpus, default generate.prompts)."""
+    from kiln.corpus.files import iter_text_batches
+    from kiln.infer.stage import sample
+
+    run, recipe = tiny_trained.run, tiny_trained.recipe
+    rows = sample(run, recipe.generate, torch.device("cpu"), recipe)
+    val = {i: t for b in iter_text_batches(run.stage("corpus"), "val", columns=("id", "text"))
+           for i, t in zip(b["id"], b["text"], strict=True)}
+    assert len(rows) == 2 and all(r["prompt_from"].startswith("val document ") for r in rows)
+    for r in rows:  # each prompt opens the held-out document it names
+        assert val[r["prompt_from"].removeprefix("val document ")].startswith(r["prompt"]) and r["prompt"]
+        assert r["text"].startswith(r["prompt"]) and r["new_tokens"] > 0

@@ -12,6 +12,7 @@ from kiln.model.config import TransformerConfig
 from kiln.model.flex import HAS_FLEX
 from kiln.model.heads import Generator, Pooler
 from kiln.model.io import load_pretrained, save_pretrained
+from kiln.model.mask import AttentionMask
 
 
 def tiny(**kw) -> TransformerConfig:
@@ -60,11 +61,13 @@ def test_clm_and_mlm_masks_agree_on_prefixes():
         first = deep.backbone.blocks[0]
         x = deep.backbone.tok_emb(TOKENS)
         cos, sin = deep.backbone.rope_cos[None, None, :12], deep.backbone.rope_sin[None, None, :12]
-        causal_first = first(x, cos, sin, None, True)
+        cpu = torch.device("cpu")
+        causal_first = first(x, AttentionMask.build("causal", "sdpa", q_len=12, device=cpu), (cos, sin))
         for t in range(TOKENS.shape[1]):
             bi = one.backbone(TOKENS[:, : t + 1], attention="bidirectional")
             torch.testing.assert_close(bi[:, t], causal[:, t], rtol=0, atol=1e-5)
-            bi_first = first(x[:, : t + 1], cos[:, :, : t + 1], sin[:, :, : t + 1], None, False)
+            bi_mask = AttentionMask.build("bidirectional", "sdpa", q_len=t + 1, device=cpu)
+            bi_first = first(x[:, : t + 1], bi_mask, (cos[:, :, : t + 1], sin[:, :, : t + 1]))
             torch.testing.assert_close(bi_first[:, t], causal_first[:, t], rtol=0, atol=1e-5)
         deep_bi = deep.backbone(TOKENS[:, :6], attention="bidirectional")[:, 5]
         assert not torch.allclose(deep_bi, deep.backbone(TOKENS)[:, 5], atol=1e-3)
@@ -136,7 +139,7 @@ def test_norm_placement(norm, expected):
 def test_post_norm_block_output_is_normalised():
     m = build(norm="post")
     x = torch.randn(2, 12, 32) * 5
-    y = m.backbone.blocks[0](x, None, None, None, True)
+    y = m.backbone.blocks[0](x, AttentionMask.build("causal", "sdpa", q_len=12, device=torch.device("cpu")))
     torch.testing.assert_close(y.pow(2).mean(-1), torch.ones(2, 12), rtol=1e-3, atol=1e-3)
 
 

@@ -1,17 +1,11 @@
-"""Self-attention and its masks: RoPE, grouped-query attention, and who may see whom.
+"""Self-attention: RoPE, grouped-query attention, and per-head masking, over a pluggable kernel.
 
-Attention modes (``TransformerConfig.attention``, or per call from an objective):
-
-- ``causal``: query i sees key j iff j <= i (a decoder; Radford et al. 2018);
-- ``bidirectional``: every key (an encoder; Devlin et al. 2019);
-- ``prefix``: bidirectional inside a prefix, causal after it (prefix-LM; Raffel et al. 2020, sec. 3.2.1,
-  Tay et al. 2022). The prefix is given per row as a length (B,) or per token as a boolean (B, T); each
-  contiguous run of prefix tokens (inside one segment) is one bidirectional block.
-
-With ``segments`` every mode stays inside its packed document (padding, -1, is a segment of its own, so no
-query row is empty). An explicit (B, T, T) boolean ``mask`` (True = may attend) overrides the mode, e.g. for
-MP3's context-only keys. Masks run through SDPA, or through FlexAttention block masks for segmented
-batches when the backend says so (``flex.py``).
+Who may see whom is one :class:`~kiln.model.mask.AttentionMask` per forward pass (``mask.py``: causal,
+bidirectional, prefix-LM or explicit, inside packed documents), built once by the backbone for the chosen
+backend; the kernel is a registered backend (``backends.py``: sdpa, flex, eager). A layer can return its
+attention probabilities (eager) and can mask heads: ``head_mask`` (n_head,) scales each head's output before
+the output projection (0 = the head contributes nothing; a float mask gives head-importance gradients,
+Michel et al. 2019, "Are Sixteen Heads Really Better than One?").
 """
 
 from __future__ import annotations
@@ -19,29 +13,31 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kiln.model.backends import get_backend
 from kiln.model.config import TransformerConfig
-from kiln.model.flex import document_block_mask, flex_attend, is_block_mask, use_flex
+from kiln.model.mask import ATTENTION_MODES, AttentionMask, attention_mask, prefix_runs, visibility
 
 if TYPE_CHECKING:
-    from torch.nn.attention.flex_attention import BlockMask
+    from kiln.model.cache import KVCache
 
-    from kiln.infer.generate import KVCache
-
-ATTENTION_MODES = ("causal", "bidirectional", "prefix")
+__all__ = ["ATTENTION_MODES", "Attention", "AttentionMask", "apply_rope", "attention_mask", "prefix_runs",
+           "rope_tables", "visibility"]
 
 
 # ----------------------------------------------------------------------------- rotary embedding
 
 
-def rope_tables(head_dim: int, max_seq_len: int, base: float) -> tuple[Tensor, Tensor]:
+def rope_tables(head_dim: int, max_seq_len: int, base: float, linear_factor: float = 1.0) -> tuple[Tensor, Tensor]:
     """cos/sin tables of shape (max_seq_len, head_dim / 2), in fp32 (Su et al. 2021).
 
-    Pair i of a head rotates with frequency base^(-2i / head_dim); position p turns it by p * freq.
+    Pair i of a head rotates with frequency base^(-2i / head_dim); position p turns it by p * freq
+    (by p / ``linear_factor`` * freq under position interpolation, ``TransformerConfig.rope_linear_factor``).
     """
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if linear_factor != 1.0:
+        inv_freq = inv_freq / linear_factor
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
     return angles.cos().float(), angles.sin().float()
 
@@ -55,90 +51,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-
-
-# ----------------------------------------------------------------------------- masks
-
-
-def attention_mask(segments: Tensor | None, q_len: int, k_len: int, device: torch.device) -> tuple[Tensor | None, bool]:
-    """The causal (attn_mask, is_causal) pair for SDPA.
-
-    - no segments, square: plain causal via ``is_causal=True`` (the fast, mask-free path);
-    - segments (B, T): block-diagonal causal, query i sees key j iff j <= i and both are in the same
-      segment; a boolean mask of shape (B, 1, T, T). Padding (-1) forms its own segment, and every
-      query sees itself, so no row is empty;
-    - queries after a KV cache (k_len > q_len): query i sits at absolute position k_len - q_len + i
-      and sees every key up to it; one decoded token needs no mask at all.
-    """
-    if segments is not None:
-        if q_len != k_len:
-            raise ValueError("segments cannot be combined with a non-empty KV cache")
-        same = segments[:, :, None] == segments[:, None, :]
-        causal = torch.ones(q_len, q_len, dtype=torch.bool, device=device).tril()
-        return (same & causal).unsqueeze(1), False
-    if q_len == k_len:
-        return None, True
-    if q_len == 1:
-        return None, False
-    offset = k_len - q_len
-    mask = torch.arange(k_len, device=device)[None, :] <= torch.arange(offset, k_len, device=device)[:, None]
-    return mask, False
-
-
-def prefix_runs(prefix: Tensor, T: int, segments: Tensor | None = None) -> Tensor:
-    """(B, T) int: the id of the contiguous prefix run each token belongs to, -1 outside any prefix.
-
-    ``prefix`` is a per-row length (B,) or a per-token boolean (B, T); a run also ends at a segment change.
-    """
-    if prefix.dim() == 1:
-        prefix = torch.arange(T, device=prefix.device)[None, :] < prefix[:, None]
-    prefix = prefix.bool()
-    starts = prefix.clone()
-    starts[:, 1:] &= ~prefix[:, :-1] | (segments[:, 1:] != segments[:, :-1] if segments is not None else False)
-    runs = torch.cumsum(starts.long(), dim=1)
-    return torch.where(prefix, runs, torch.full_like(runs, -1))
-
-
-def visibility(mode: str, segments: Tensor | None, prefix: Tensor | None, T: int,
-               device: torch.device) -> tuple[Tensor | None, bool]:
-    """(attn_mask, is_causal) for SDPA under ``mode`` with no KV cache (see the module docstring)."""
-    if mode == "causal":
-        return attention_mask(segments, T, T, device)
-    if mode == "bidirectional":
-        if segments is None:
-            return None, False
-        return (segments[:, :, None] == segments[:, None, :]).unsqueeze(1), False
-    if mode != "prefix" or prefix is None:
-        raise ValueError(f"attention must be one of {ATTENTION_MODES} (prefix needs `prefix`), got {mode!r}")
-    runs = prefix_runs(prefix, T, segments)
-    allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None] | (
-        (runs[:, :, None] == runs[:, None, :]) & (runs[:, None, :] >= 0))
-    if segments is not None:
-        allowed &= segments[:, :, None] == segments[:, None, :]
-    return allowed.unsqueeze(1), False
-
-
-def build_mask(mode: str, backend: str, segments: Tensor | None, prefix: Tensor | None, mask: Tensor | None,
-               T: int, start: int, device: torch.device,
-               cached: bool) -> tuple[Tensor | BlockMask | None, bool]:
-    """What every layer's attention gets: (mask, is_causal). ``start`` is the KV-cache length so far.
-
-    An empty prefix is causal, so a prefix-LM evaluates and generates as a decoder when no prefix is given.
-    """
-    if mask is not None:  # explicit visibility, e.g. MP3: keys are context tokens only
-        if cached:
-            raise ValueError("an explicit attention mask cannot be combined with a KV cache")
-        return mask.unsqueeze(1), False
-    if mode == "prefix" and prefix is None:
-        mode = "causal"
-    if mode != "causal" and cached:
-        raise ValueError(f"{mode} attention cannot decode with a KV cache")
-    if segments is not None and not cached and use_flex(backend, device):
-        runs = prefix_runs(prefix, T, segments) if mode == "prefix" else None
-        return document_block_mask(segments, mode=mode, prefix_runs=runs), False
-    if mode == "causal":
-        return attention_mask(segments, T, start + T, device)
-    return visibility(mode, segments, prefix, T, device)
 
 
 # ----------------------------------------------------------------------------- the layer
@@ -159,24 +71,28 @@ class Attention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos: Tensor | None,
-        sin: Tensor | None,
-        mask: Tensor | BlockMask | None,
-        is_causal: bool,
+        mask: AttentionMask,
+        rope: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
-    ) -> Tensor:
+        head_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
+        """x (B, T, d) -> (B, T, d); with ``need_weights`` also the probabilities (B, H, T, K) (eager backend).
+
+        rope: the (cos, sin) angles of these positions, or None (learned / no positions). head_mask: (n_head,)
+        per-head output scale, or None.
+        """
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if cos is not None and sin is not None:  # RoPE; learned or no positions pass None
+        if rope is not None:
+            cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # all keys/values so far: (B, Hkv, L + T, hd)
-        if is_block_mask(mask):  # FlexAttention document mask (kiln/model/flex.py): GQA without repeating k/v
-            return self.wo(flex_attend(q, k, v, mask).transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
-        if self.n_kv_head != self.n_head:  # each kv head serves n_head / n_kv_head consecutive query heads
-            rep = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        y, probs = get_backend(mask.backend).attend(q, k, v, mask, need_weights)  # (B, H, T, hd)
+        if head_mask is not None:  # zero (or scale) each head's contribution before the output projection
+            y = y * head_mask.to(y.dtype).view(1, self.n_head, 1, 1)
+        out = self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return (out, probs) if need_weights else out

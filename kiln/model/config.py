@@ -26,6 +26,7 @@ def swiglu_hidden(d_model: int, multiple_of: int = 64) -> int:
 ATTENTIONS = ("causal", "bidirectional", "prefix")
 NORMS = ("pre", "post", "mix")
 POSITIONS = ("rope", "learned", "none")
+ROPE_SCALINGS = ("base", "linear")
 
 
 def post_ln_layers(norm: str, mix_alpha: float, n_layer: int) -> int:
@@ -42,6 +43,9 @@ class TransformerConfig:
     call); ``norm`` places the norms (pre | post | mix, with ``mix_alpha``); ``positions`` is rope | learned
     (absolute embeddings, Vaswani et al. 2017) | none (MP3). ``heads`` names the extra heads an objective
     needs and their arguments (``kiln.model.heads.HEADS``), so a checkpoint rebuilds them.
+    ``rope_scaling`` changes the RoPE base or interpolates positions (:attr:`rope_theta`); ``masked_heads``
+    lists (layer, head) pairs whose attention output is zeroed in every forward (a call may pass its own);
+    ``attention_backend`` picks the kernel (``kiln.model.backends``).
     ``n_kv_head`` and ``ffn_hidden`` are resolved in ``__post_init__`` (None -> ``n_head`` and
     :func:`swiglu_hidden`), so a saved ``config.json`` states the exact shape it was trained with.
     """
@@ -57,12 +61,14 @@ class TransformerConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    attention_backend: str = "auto"  # auto | sdpa | flex: how document masks run (kiln/model/flex.py)
+    attention_backend: str = "auto"  # auto | sdpa | flex | eager: the attention kernel (kiln/model/backends.py)
     attention: str = "causal"
     norm: str = "pre"
     mix_alpha: float = 0.25  # Mix-LN: the first floor(alpha * n_layer) layers are Post-LN
     positions: str = "rope"
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rope_scaling: dict[str, Any] | None = None  # {"type": "base" | "linear", "factor": f}: see rope_theta
+    masked_heads: list[list[int]] = field(default_factory=list)  # [[layer, head], ...] masked in every forward
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -83,6 +89,48 @@ class TransformerConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.mix_alpha <= 1.0:
             raise ValueError(f"mix_alpha must be in [0, 1], got {self.mix_alpha}")
+        from kiln.model.backends import backend_names
+
+        if self.attention_backend not in backend_names():
+            raise ValueError(f"attention_backend must be one of {backend_names()}, got {self.attention_backend!r}")
+        self._check_rope_scaling()
+        self.masked_heads = [list(map(int, pair)) for pair in self.masked_heads]
+        for pair in self.masked_heads:
+            if len(pair) != 2 or not (0 <= pair[0] < self.n_layer and 0 <= pair[1] < self.n_head):
+                raise ValueError(f"masked_heads: {pair} is not a [layer, head] pair with layer < n_layer "
+                                 f"({self.n_layer}) and head < n_head ({self.n_head})")
+
+    def _check_rope_scaling(self) -> None:
+        rs = self.rope_scaling
+        if rs is None:
+            return
+        if not isinstance(rs, dict) or set(rs) != {"type", "factor"} or rs["type"] not in ROPE_SCALINGS:
+            raise ValueError(f"rope_scaling must be {{type: {' | '.join(ROPE_SCALINGS)}, factor: > 0}} or None, "
+                             f"got {rs!r}")
+        if not isinstance(rs["factor"], int | float) or rs["factor"] <= 0:
+            raise ValueError(f"rope_scaling.factor must be a number > 0, got {rs['factor']!r}")
+        if rs["type"] == "base" and self.head_dim <= 2:
+            raise ValueError("rope_scaling type base needs a head dimension d_model/n_head > 2")
+        if self.positions != "rope":
+            raise ValueError(f"rope_scaling needs positions: rope (positions is {self.positions!r})")
+
+    @property
+    def rope_theta(self) -> float:
+        """The RoPE base actually used. ``rope_scaling: {type: base, factor: s}`` is the NTK-aware base change
+        (bloc97 2023; Peng et al. 2023, "YaRN", sec. 3.1): base * s^(d / (d - 2)) for head dimension d, which
+        stretches the lowest frequency s times so a model sees ~s times its trained context. Without it (or
+        with ``linear``), ``rope_base``."""
+        rs = self.rope_scaling
+        if rs is None or rs["type"] != "base":
+            return self.rope_base
+        return self.rope_base * float(rs["factor"]) ** (self.head_dim / (self.head_dim - 2))
+
+    @property
+    def rope_linear_factor(self) -> float:
+        """``rope_scaling: {type: linear, factor: s}``: positions divided by s (position interpolation, Chen et al.
+        2023, "Extending Context Window of Large Language Models via Positional Interpolation"); else 1."""
+        rs = self.rope_scaling
+        return float(rs["factor"]) if rs is not None and rs["type"] == "linear" else 1.0
 
     @property
     def head_dim(self) -> int:

@@ -8,9 +8,9 @@ partial; the fused kernel skips empty tiles (most of a packed row's off-diagonal
 iff both tokens are in the same segment (padding, -1, is a segment of its own, so no row is empty) and
 ``j <= i`` (causal), always (bidirectional), or ``j <= i`` or j in i's prefix run (prefix-LM).
 
-Backends (``model.attention_backend``): ``sdpa`` always uses the boolean mask; ``flex`` uses block masks
-whenever segments are given; ``auto`` uses flex on CUDA (when importable) and SDPA elsewhere. FlexAttention
-has no backward on CPU, so on CPU ``flex`` is for inference and tests only.
+Backends (``model.attention_backend``, registered in ``backends.py``): ``sdpa`` always uses the boolean mask;
+``flex`` uses block masks whenever segments are given; ``auto`` uses flex on CUDA (when importable) and SDPA
+elsewhere. FlexAttention has no backward on CPU, so on CPU ``flex`` is for inference and tests only.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-BACKENDS = ("auto", "sdpa", "flex")
-
 try:  # FlexAttention landed in torch 2.5
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
@@ -35,16 +33,10 @@ except ImportError:  # pragma: no cover - older torch
 
 
 def use_flex(backend: str, device: torch.device) -> bool:
-    """Whether document masks on ``device`` go through FlexAttention under ``backend``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "sdpa":
-        return False
-    if backend == "flex":
-        if not HAS_FLEX:
-            raise RuntimeError("model.attention_backend=flex needs torch >= 2.5 (torch.nn.attention.flex_attention)")
-        return True
-    return HAS_FLEX and device.type == "cuda"
+    """Whether document masks on ``device`` go through FlexAttention under ``backend`` (see ``backends.py``)."""
+    from kiln.model.backends import resolve_backend
+
+    return resolve_backend(backend, device) == "flex"
 
 
 def is_block_mask(mask: Any) -> bool:

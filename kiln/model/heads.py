@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,10 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kiln.model.config import TransformerConfig, swiglu_hidden
-from kiln.model.transformer import Transformer
+from kiln.model.transformer import BackboneOutput, Transformer
 
 if TYPE_CHECKING:
-    from kiln.infer.generate import KVCache
+    from kiln.model.cache import KVCache
 
 
 class LMHead(nn.Module):
@@ -159,7 +160,7 @@ def generator_config(cfg: TransformerConfig, ratio: float) -> TransformerConfig:
     head_dim = max(2, 2 * round(cfg.d_model * ratio / n_head / 2))
     d_model = n_head * head_dim
     return dataclasses.replace(cfg, d_model=d_model, n_head=n_head, n_kv_head=n_head, attention="bidirectional",
-                               norm="pre", ffn_hidden=swiglu_hidden(d_model, 16), heads={})
+                               norm="pre", ffn_hidden=swiglu_hidden(d_model, 16), heads={}, masked_heads=[])
 
 
 class Generator(nn.Module):
@@ -206,6 +207,16 @@ def build_head(name: str, cfg: TransformerConfig, **kwargs: Any) -> nn.Module:
     return head
 
 
+@dataclass
+class ModelOutput:
+    """LM logits plus what the backbone returned (see :class:`~kiln.model.transformer.BackboneOutput`)."""
+
+    logits: Tensor
+    hidden: Tensor
+    hidden_states: tuple[Tensor, ...] = ()
+    attentions: tuple[Tensor, ...] = ()
+
+
 class LanguageModel(nn.Module):
     """Backbone + LM head (+ ``heads`` from ``config.heads``); ``forward`` returns LM logits (B, T, vocab)."""
 
@@ -237,10 +248,15 @@ class LanguageModel(nn.Module):
         positions: Tensor | None = None,
         segments: Tensor | None = None,
         kv_cache: KVCache | None = None,
-        **attention: Any,
-    ) -> Tensor:
-        """LM logits; ``attention`` (``attention=``, ``prefix=``, ``mask=``) goes to the backbone."""
-        return self.lm_head(self.backbone(tokens, positions, segments, kv_cache, **attention))
+        **kwargs: Any,
+    ) -> Tensor | ModelOutput:
+        """LM logits (B, T, vocab); ``kwargs`` (``attention=``, ``prefix=``, ``mask=``, ``masked_heads=``,
+        ``head_mask=``, ``output_hidden_states=``, ``output_attentions=``) go to the backbone. When hidden states or
+        attention maps are asked for, a :class:`ModelOutput` (logits + the backbone's outputs)."""
+        out = self.backbone(tokens, positions, segments, kv_cache, **kwargs)
+        if isinstance(out, BackboneOutput):
+            return ModelOutput(self.lm_head(out.hidden), out.hidden, out.hidden_states, out.attentions)
+        return self.lm_head(out)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count, each shared tensor once. ``non_embedding`` leaves out the token

@@ -51,7 +51,7 @@ class ExportError(ValueError):
 # that leave the causal LM alone (extra heads are not exported; mix_alpha only acts under norm=mix).
 LLAMA_FIELDS = frozenset({
     "vocab_size", "max_seq_len", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden", "rope_base",
-    "tie_embeddings", "norm_eps", "init_std", "attention_backend", "heads", "mix_alpha",
+    "tie_embeddings", "norm_eps", "init_std", "attention_backend", "heads", "mix_alpha", "rope_scaling",
 })
 
 # Model options: the values that keep the decoder a Llama, and why the others have no transformers twin.
@@ -93,6 +93,9 @@ def _field_default(field: dataclasses.Field) -> Any:
 def llama_incompatibilities(cfg: TransformerConfig) -> list[str]:
     """Why ``cfg`` has no exact ``LlamaForCausalLM`` twin (empty when it has one)."""
     problems = []
+    if cfg.rope_scaling is not None and cfg.rope_scaling["type"] != "base":
+        problems.append(f"model.rope_scaling={cfg.rope_scaling!r}: only a base change (type base) exports, as "
+                        "Llama's rope_theta; position interpolation (linear) is not exported")
     for field in dataclasses.fields(cfg):
         if field.name in LLAMA_FIELDS:
             continue
@@ -137,7 +140,7 @@ def llama_config(cfg: TransformerConfig, dtype: torch.dtype = torch.float32) -> 
         max_position_embeddings=cfg.max_seq_len,
         initializer_range=cfg.init_std,
         rms_norm_eps=cfg.norm_eps,
-        rope_theta=float(cfg.rope_base),
+        rope_theta=float(cfg.rope_theta),  # rope_scaling type base is a different base, nothing more
         tie_word_embeddings=cfg.tie_embeddings,
         attention_bias=False,
         attention_dropout=0.0,

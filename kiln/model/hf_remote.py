@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kiln import atomic
 from kiln.model.config import TransformerConfig
 from kiln.model.hf import ExportError, _field_default, export_hf, llama_incompatibilities
 from kiln.tokenizer.special import BOS, EOS, PAD, SPECIAL_IDS
@@ -64,7 +65,7 @@ HEADS = {"mlm": "KilnForMaskedLM", "lm": "KilnForCausalLM", "none": "KilnModel"}
 REMOTE_FIELDS = frozenset({
     "vocab_size", "max_seq_len", "n_layer", "n_head", "n_kv_head", "d_model", "ffn_hidden", "rope_base",
     "tie_embeddings", "norm_eps", "init_std", "attention_backend", "attention", "norm", "mix_alpha", "positions",
-    "heads",
+    "heads", "rope_scaling",
 })
 _TOP = {"tok_emb.weight", "pos_emb.weight", "norm.weight"}
 _LAYER = {"attn_norm.weight", "attn.wq.weight", "attn.wk.weight", "attn.wv.weight", "attn.wo.weight",
@@ -75,7 +76,10 @@ _BLOCK = re.compile(r"^blocks\.\d+\.(.+)$")
 
 def remote_incompatibilities(cfg: TransformerConfig) -> list[str]:
     """Why ``cfg`` cannot be exported exactly with the remote-code class (empty when it can)."""
-    return [f"model.{f.name}={getattr(cfg, f.name)!r}: an option the remote-code export does not know; only its "
+    scaling = ([f"model.rope_scaling={cfg.rope_scaling!r}: only a base change (type base) exports, as rope_base"]
+               if cfg.rope_scaling is not None and cfg.rope_scaling["type"] != "base" else [])
+    return scaling + [
+            f"model.{f.name}={getattr(cfg, f.name)!r}: an option the remote-code export does not know; only its "
             f"default ({_field_default(f)!r}) is known to keep the model exportable"
             for f in dataclasses.fields(cfg)
             if f.name not in REMOTE_FIELDS and getattr(cfg, f.name) != _field_default(f)]
@@ -111,7 +115,7 @@ def kiln_config(model: LanguageModel, architecture: str, dtype: torch.dtype = to
     return KilnConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.ffn_hidden,
         num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
-        max_position_embeddings=cfg.max_seq_len, rope_base=float(cfg.rope_base), rms_norm_eps=cfg.norm_eps,
+        max_position_embeddings=cfg.max_seq_len, rope_base=float(cfg.rope_theta), rms_norm_eps=cfg.norm_eps,
         attention="bidirectional" if mlm is not None else cfg.attention,  # kiln's MLM objective is bidirectional
         norm=cfg.norm, post_norm_layers=cfg.n_post_ln, positions=cfg.positions,
         mlm_layer_norm_eps=mlm.norm.eps if mlm is not None else cfg.norm_eps, initializer_range=cfg.init_std,
@@ -285,7 +289,11 @@ def export_auto(model: LanguageModel, out: str | Path, tokenizer_dir: str | Path
     """Export with the exact ``LlamaForCausalLM`` twin when there is one, else with remote code
     (see :func:`choose_architecture`); the summary says which (``remote_code``)."""
     architecture = choose_architecture(model, head)
+    before = atomic.snapshot(out)
     if architecture == "LlamaForCausalLM":
-        return {**export_hf(model, out, tokenizer_dir, dtype, verify, seed), "auto_class": "AutoModelForCausalLM",
-                "remote_code": False}
-    return export_remote(model, out, tokenizer_dir, dtype, verify, seed, architecture)
+        summary = {**export_hf(model, out, tokenizer_dir, dtype, verify, seed),
+                   "auto_class": "AutoModelForCausalLM", "remote_code": False}
+    else:
+        summary = export_remote(model, out, tokenizer_dir, dtype, verify, seed, architecture)
+    atomic.follow_umask(out, before)  # transformers stages weights with mkstemp (0o600): give them the user's umask
+    return summary

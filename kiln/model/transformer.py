@@ -25,21 +25,39 @@ activation checkpointing are applied from outside (``kiln/train/parallel.py``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kiln.model.attention import Attention, apply_rope, attention_mask, build_mask, rope_tables
+from kiln.model.attention import Attention, apply_rope, attention_mask, rope_tables
+from kiln.model.backends import resolve_backend
 from kiln.model.config import TransformerConfig
+from kiln.model.mask import AttentionMask
 
-__all__ = ["Attention", "Block", "RMSNorm", "SwiGLU", "Transformer", "apply_rope", "attention_mask", "rope_tables"]
+__all__ = ["Attention", "AttentionMask", "BackboneOutput", "Block", "RMSNorm", "SwiGLU", "Transformer", "apply_rope",
+           "attention_mask", "rope_tables"]
 
 if TYPE_CHECKING:
-    from torch.nn.attention.flex_attention import BlockMask
+    from kiln.model.cache import KVCache
 
-    from kiln.infer.generate import KVCache
+
+@dataclass
+class BackboneOutput:
+    """What the backbone returns when asked for more than the final hidden states.
+
+    ``hidden``: final hidden states (B, T, d), after the last RMSNorm (what the heads read);
+    ``hidden_states``: the residual stream before every layer and after the last, n_layer + 1 tensors (B, T, d)
+    (the last one before the final norm); ``attentions``: every layer's probabilities (B, H, T, K), fp32.
+    Empty tuples for what was not asked.
+    """
+
+    hidden: Tensor
+    hidden_states: tuple[Tensor, ...] = ()
+    attentions: tuple[Tensor, ...] = ()
 
 
 class RMSNorm(nn.Module):
@@ -84,17 +102,23 @@ class Block(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos: Tensor | None,
-        sin: Tensor | None,
-        mask: Tensor | BlockMask | None,
-        is_causal: bool,
+        mask: AttentionMask,
+        rope: tuple[Tensor, Tensor] | None = None,
         kv_cache: KVCache | None = None,
-    ) -> Tensor:
+        head_mask: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor | None]:
+        """x (B, T, d) -> (B, T, d), and the attention probabilities with ``need_weights`` (see Attention)."""
+        attn_in = x if self.post_norm else self.attn_norm(x)
+        a = self.attn(attn_in, mask, rope, kv_cache, head_mask, need_weights)
+        a, probs = a if need_weights else (a, None)
         if self.post_norm:
-            x = self.attn_norm(x + self.attn(x, cos, sin, mask, is_causal, kv_cache))
-            return self.mlp_norm(x + self.mlp(x))
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, is_causal, kv_cache)
-        return x + self.mlp(self.mlp_norm(x))
+            x = self.attn_norm(x + a)
+            x = self.mlp_norm(x + self.mlp(x))
+        else:
+            x = x + a
+            x = x + self.mlp(self.mlp_norm(x))
+        return (x, probs) if need_weights else x
 
 
 # ----------------------------------------------------------------------------- backbone
@@ -116,7 +140,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         if cfg.positions == "rope":
-            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
+            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_linear_factor)
             self.register_buffer("rope_cos", cos, persistent=False)  # derived from the config: not checkpointed
             self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
@@ -138,9 +162,33 @@ class Transformer(nn.Module):
             nn.init.normal_(block.attn.wo.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.w_down.weight, mean=0.0, std=residual_std)
         if cfg.positions == "rope":
-            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_base)
+            cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_linear_factor)
             self.rope_cos.copy_(cos)
             self.rope_sin.copy_(sin)
+
+    def head_mask(self, masked_heads: Sequence[Sequence[int]] | None = None, head_mask: Tensor | None = None,
+                  device: torch.device | None = None) -> Tensor | None:
+        """The (n_layer, n_head) per-head output scale of one forward, or None when no head is masked.
+
+        ``masked_heads`` (layer, head) pairs are zeroed; None takes ``config.masked_heads`` (``[]`` masks none).
+        ``head_mask`` (n_layer, n_head) multiplies on top (1 = keep; floats allowed, e.g. for head importance).
+        """
+        cfg = self.config
+        pairs = cfg.masked_heads if masked_heads is None else masked_heads
+        if not pairs and head_mask is None:
+            return None
+        scale = torch.ones(cfg.n_layer, cfg.n_head, device=device)
+        for pair in pairs:
+            layer, head = (int(i) for i in pair)
+            if not (0 <= layer < cfg.n_layer and 0 <= head < cfg.n_head):
+                raise ValueError(f"masked head {(layer, head)} outside n_layer={cfg.n_layer}, n_head={cfg.n_head}")
+            scale[layer, head] = 0.0
+        if head_mask is not None:
+            if tuple(head_mask.shape) != (cfg.n_layer, cfg.n_head):
+                raise ValueError(f"head_mask must have shape (n_layer, n_head) = {(cfg.n_layer, cfg.n_head)}, "
+                                 f"got {tuple(head_mask.shape)}")
+            scale = scale.to(head_mask.device) * head_mask
+        return scale
 
     def forward(
         self,
@@ -153,15 +201,22 @@ class Transformer(nn.Module):
         prefix: Tensor | None = None,
         mask: Tensor | None = None,
         inputs_embeds: Tensor | None = None,
-    ) -> Tensor:
-        """tokens (B, T) -> hidden states (B, T, d_model).
+        masked_heads: Sequence[Sequence[int]] | None = None,
+        head_mask: Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> Tensor | BackboneOutput:
+        """tokens (B, T) -> hidden states (B, T, d_model), or a :class:`BackboneOutput` when
+        ``output_hidden_states`` / ``output_attentions`` asks for more.
 
         positions: per-token positions (B, T); None -> 0..T-1, offset by the cache length.
         segments: per-token document ids (B, T), -1 = padding; attention stays inside a segment.
         kv_cache: when given, keys/values are appended to it and attention sees everything cached.
         attention: causal | bidirectional | prefix for this call (None = ``config.attention``); prefix: its
-        per-row length (B,) or per-token flag (B, T); mask: an explicit (B, T, T) visibility (see attention.py).
+        per-row length (B,) or per-token flag (B, T); mask: an explicit (B, T, T) visibility (see mask.py).
         inputs_embeds: (B, T, d_model) used instead of looking ``tokens`` up.
+        masked_heads / head_mask: heads to silence (see :meth:`head_mask`); output_attentions runs the eager
+        backend for this call.
         """
         x = self.tok_emb(tokens) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
@@ -171,20 +226,36 @@ class Transformer(nn.Module):
         # query slots at existing positions, e.g. ERNIE-Gram's fine slots); checked only in that rare case
         if start + T > cfg.max_seq_len and (positions is None or int(positions.max()) >= cfg.max_seq_len):
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={cfg.max_seq_len}")
-        cos = sin = None
+        rope = None
         if cfg.positions == "rope" and positions is None:  # contiguous positions: a slice, shared by the batch
             cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-            cos, sin = cos[None, None], sin[None, None]  # (1, 1, T, hd/2)
+            rope = cos[None, None], sin[None, None]  # (1, 1, T, hd/2)
         elif cfg.positions == "rope":  # gather per token: (B, 1, T, hd/2)
-            cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
+            rope = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)
         elif cfg.positions == "learned":
             pos = positions if positions is not None else torch.arange(start, start + T, device=x.device)
             x = x + self.pos_emb(pos)
-        mask, is_causal = build_mask(attention or cfg.attention, cfg.attention_backend, segments, prefix, mask,
-                                     T, start, x.device, cached=kv_cache is not None)
+        backend = resolve_backend(cfg.attention_backend, x.device, need_weights=output_attentions)
+        visible = AttentionMask.build(attention or cfg.attention, backend, q_len=T, device=x.device,
+                                      segments=segments, prefix=prefix, explicit=mask, start=start,
+                                      cached=kv_cache is not None)
+        scale = self.head_mask(masked_heads, head_mask, x.device)
 
-        for block in self.blocks:
-            x = block(x, cos, sin, mask, is_causal, kv_cache)
+        hidden_states: list[Tensor] = []
+        attentions: list[Tensor] = []
+        for i, block in enumerate(self.blocks):
+            if output_hidden_states:
+                hidden_states.append(x)
+            layer_mask = scale[i] if scale is not None else None
+            if output_attentions:
+                x, probs = block(x, visible, rope, kv_cache, layer_mask, True)
+                attentions.append(probs)
+            else:
+                x = block(x, visible, rope, kv_cache, layer_mask)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.norm(x)
+        if not (output_hidden_states or output_attentions):
+            return self.norm(x)
+        if output_hidden_states:
+            hidden_states.append(x)
+        return BackboneOutput(self.norm(x), tuple(hidden_states), tuple(attentions))
