@@ -141,8 +141,72 @@ def test_truncated_shard_is_refused_on_every_rank(reference, tmp_path):
     """Under torchrun, rank 0 checks the inputs' file records too: a truncated shard stops every rank."""
     root, overrides, single = reference
     run = _copy_tokens(single, tmp_path / "truncated")
-    shard = run.stage("tokens") / "train.bin"
+    shard = run.stage("tokens") / "train-00000.bin"
     shard.write_bytes(shard.read_bytes()[:-10])
     output = torchrun_train(overrides, run.root, ok=False)
-    assert "train.bin has" in output and "rank 0 failed" in output
+    assert "train-00000.bin has" in output and "rank 0 failed" in output
     assert not (run.stage("train") / "manifest.json").exists()
+
+
+def _objective_losses(reference_run: RunDir, out: Path, strategy: str, nproc: int) -> dict:
+    """tests/dist_objectives.py (every objective in OBJECTIVES, and a KD objective with a frozen teacher) in
+    one process or under torchrun; its JSON of per-objective losses."""
+    script = [str(REPO / "tests" / "dist_objectives.py"), str(reference_run.root), str(out), strategy]
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"]
+    env = {**os.environ, "KILN_QUIET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+           "KILN_TEST_TEACHER": str(reference_run.stage("train"))}
+    proc = subprocess.run([*launcher, *script], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def objectives_single(reference, tmp_path_factory):
+    root, overrides, single = reference
+    return _objective_losses(single, tmp_path_factory.mktemp("objectives") / "single.json", "single", 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_every_objective_on_two_ranks_matches_one_process(reference, objectives_single, tmp_path, strategy):
+    """Every objective (clm_mlm and mixture leave heads unused in some steps, MLM an untied LM head: they
+    crashed DDP with "Expected to have finished reduction") gives one process's per-step losses on 2 ranks,
+    and a frozen teacher stays out of the optimizer, the wrapped module and the checkpoint, unchanged."""
+    from kiln.objectives import OBJECTIVES
+
+    root, overrides, single = reference
+    got = _objective_losses(single, tmp_path / f"{strategy}.json", strategy, 2)
+    assert set(got) == set(OBJECTIVES) | {"mlm_untied", "kd_test"}
+    for name, want in objectives_single.items():
+        if name == "kd_test":
+            assert got[name]["checks"] == want["checks"]
+            want, losses = want["losses"], got[name]["losses"]
+        else:
+            losses = got[name]
+        assert len(want) == 4
+        worst = max(abs(losses[s] - want[s]) / abs(want[s]) for s in want)
+        assert worst <= 1e-5, (name, strategy, losses, want)
+    checks = objectives_single["kd_test"]["checks"]
+    assert not any(checks[k] for k in ("in_optimizer", "in_wrapped_module", "requires_grad", "training",
+                                       "in_state_dict", "grad"))
+    from kiln.model.load import load_model
+
+    teacher = load_model(single.stage("train"))
+    assert checks["digest"] == pytest.approx(float(sum(p.double().abs().sum() for p in teacher.parameters())),
+                                             rel=1e-12)  # unchanged by training
+
+
+@pytest.mark.slow
+def test_callbacks_see_identical_state_on_every_ddp_rank(reference, tmp_path):
+    """A recipe callback (``package.module:Class``) runs on both ranks and sees the same weights and the same
+    synchronised gradients after backward and after each optimizer step."""
+    root, overrides, single = reference
+    run = _copy_tokens(single, tmp_path / "cb")
+    out = tmp_path / "digests"
+    torchrun_train([*overrides, "train.steps=4", "parallel.strategy=ddp",
+                    f"train.callbacks=[{{name: 'tests.callback_probe:StateDigest', out: '{out}'}}]"], run.root)
+    rank0, rank1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert [r["point"] for r in rank0] == ["after_backward", "after_optimizer_step"] * 4
+    assert rank0 == rank1
+    assert all(r["grads"] is not None for r in rank0 if r["point"] == "after_backward")

@@ -6,11 +6,13 @@ import json
 import random
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from kiln.cli import app
-from kiln.eval.probe import windows_of
-from kiln.eval.probe_tasks import PLAY_GENRE, build_task, in_test
+from kiln.eval.probe import ProbeConfig, constant_baselines, probe_model, windows_of
+from kiln.eval.probe_tasks import PLAY_GENRE, LabelledDoc, build_task, in_test
+from kiln.model.config import TransformerConfig
 from tests.synthetic import WORDS, tiny_overrides
 
 
@@ -86,3 +88,37 @@ def test_probe_on_a_tiny_run(tmp_path):
     assert out["classes"] == ["a", "b"] and out["n_test"] > 0
     assert out["linear_acc"] > out["majority_acc"] + 0.2
     assert out["finetune_acc"] >= out["majority_acc"]
+
+
+def skewed_docs() -> tuple[list[LabelledDoc], list[LabelledDoc]]:
+    """Train mostly "a", test mostly "b": a split by group that shifts the label mix (genre: history vs tragedy)."""
+    train = [LabelledDoc(f"t{i}", "a" if i < 8 else "b", f"g{i}") for i in range(10)]
+    test = [LabelledDoc(f"s{i}", "b" if i < 7 else "a", f"h{i}") for i in range(10)]
+    return train, test
+
+
+def test_majority_baseline_is_the_best_constant_predictor_on_the_test_split():
+    train, test = skewed_docs()
+    classes = ["a", "b"]
+    tr = torch.tensor([classes.index(d.label) for d in train])
+    te = torch.tensor([classes.index(d.label) for d in test])
+    base = constant_baselines(tr, te, classes)
+    constant_accs = {c: int((te == k).sum()) / len(te) for k, c in enumerate(classes)}
+    # a model that always predicts one class can never beat the reported baseline
+    assert base["majority_acc"] == max(constant_accs.values()) == pytest.approx(0.7)
+    assert base["majority_class"] == "b"
+    # the train-split majority rule is kept, named as such: "a" scores 0.3 on the test split
+    assert base["train_majority_class"] == "a" and base["train_majority_acc"] == pytest.approx(0.3)
+
+
+def test_a_probe_on_featureless_windows_does_not_beat_the_majority_baseline():
+    """Every window encodes to the same tokens, so the linear probe can only predict one class: it must not
+    score above the majority baseline (with the train-majority rule it beat it, 0.3 -> 0.3 but 'b' scores 0.7)."""
+    torch.manual_seed(0)
+    model = TransformerConfig(vocab_size=64, max_seq_len=16, n_layer=1, n_head=2, d_model=16).build()
+    train, test = skewed_docs()
+    cfg = ProbeConfig(seq_len=16, windows=1, linear_steps=50, finetune_steps=0)
+    res = probe_model(model, train, test, lambda texts: [[5, 6, 7]] * len(texts), cfg, torch.device("cpu"))
+    assert res["linear_acc"] == pytest.approx(res["train_majority_acc"])  # it learned the train prior only
+    assert res["linear_acc"] < res["majority_acc"]
+    assert res["test_label_counts"] == {"a": 3, "b": 7}

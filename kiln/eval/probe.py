@@ -9,7 +9,13 @@ token) summarises a window of a document, and
 
 Examples are up to ``windows`` evenly spaced windows of ``seq_len`` tokens from each labelled document
 (``<|bos|>`` + text tokens); the split is by document group (``probe_tasks``). Accuracy is per window on the
-held-out split, next to the majority-class baseline (the train split's most common label).
+held-out split, next to two constant-predictor baselines on that same held-out split:
+
+- ``majority_acc`` (``majority_class``): the best any constant predictor gets on the test windows, i.e. the
+  share of the test split's most common label. A probe must beat this to show it learned anything.
+- ``train_majority_acc`` (``train_majority_class``): what predicting the *train* split's most common label
+  gets on the test windows (the constant a label-blind learner would fit). It can be far below
+  ``majority_acc`` when the split by group shifts the label mix, so it is never the headline baseline.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from torch import nn
 from kiln.eval.probe_tasks import LabelledDoc
 from kiln.model.heads import Pooler
 from kiln.objectives.transforms.common import BOS_ID, PAD_ID
+from kiln.train.loop import LoopConfig, run_loop
 
 
 @dataclass
@@ -121,17 +128,15 @@ def finetune(model: nn.Module, train: Examples, test: Examples, n_classes: int, 
     head = nn.Linear(model.config.d_model, n_classes).to(device)
     nn.init.zeros_(head.weight)
     params = [*model.backbone.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.finetune_lr, weight_decay=0.01)
-    for step in range(cfg.finetune_steps):
-        for g in opt.param_groups:  # linear warmup over the first 10%, then constant
-            g["lr"] = cfg.finetune_lr * min(1.0, (step + 1) / max(1, cfg.finetune_steps // 10))
+
+    def loss_fn(step: int, micro: int) -> torch.Tensor:
         idx = torch.randint(0, len(train.tokens), (cfg.batch_size,), generator=gen)
         logits = head(pooled(model, pooler, train.tokens[idx].to(device), attention))
-        loss = F.cross_entropy(logits.float(), train.labels[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        return F.cross_entropy(logits.float(), train.labels[idx].to(device))
+
+    # the shared small loop: AdamW, linear warmup over the first 10% then constant, clipping at 1
+    run_loop(params, loss_fn, LoopConfig(cfg.finetune_steps, warmup_steps=max(1, cfg.finetune_steps // 10)),
+             lr=cfg.finetune_lr)
     model.eval()
     correct = 0
     with torch.no_grad():
@@ -141,19 +146,36 @@ def finetune(model: nn.Module, train: Examples, test: Examples, n_classes: int, 
     return correct / len(test.tokens)
 
 
+def constant_baselines(train_labels: torch.Tensor, test_labels: torch.Tensor, classes: list[str]) -> dict:
+    """Accuracy of constant predictors on the test labels (see the module docstring).
+
+    ``majority_*``: the test split's most common class, the best a constant predictor can score there (ties go
+    to the class listed first); ``train_majority_*``: the train split's most common class, scored on the test.
+    """
+    if len(test_labels) == 0 or len(train_labels) == 0:
+        raise ValueError(f"probe: no windows to score a baseline on ({len(train_labels)} train, "
+                         f"{len(test_labels)} test)")
+    test_counts = torch.bincount(test_labels, minlength=len(classes))
+    train_counts = torch.bincount(train_labels, minlength=len(classes))
+    best, train_best = int(test_counts.argmax()), int(train_counts.argmax())
+    n = len(test_labels)
+    return {
+        "majority_class": classes[best], "majority_acc": float(test_counts[best]) / n,
+        "train_majority_class": classes[train_best], "train_majority_acc": float(test_counts[train_best]) / n,
+    }
+
+
 def probe_model(model: nn.Module, train_docs: list[LabelledDoc], test_docs: list[LabelledDoc], encode,
                 cfg: ProbeConfig, device: torch.device, finetuned: bool = True) -> dict:
     """Linear-probe (and fine-tune) accuracy of ``model`` with the majority baseline; a json-able dict."""
     classes = sorted({d.label for d in train_docs} | {d.label for d in test_docs})
     train, test = make_examples(train_docs, encode, classes, cfg), make_examples(test_docs, encode, classes, cfg)
-    majority = Counter(train.labels.tolist()).most_common(1)[0][0]
     res = {
         "classes": classes,
         "n_train": len(train.labels), "n_test": len(test.labels),
         "n_train_docs": len(train_docs), "n_test_docs": len(test_docs),
         "test_label_counts": {classes[k]: v for k, v in sorted(Counter(test.labels.tolist()).items())},
-        "majority_class": classes[majority],
-        "majority_acc": float((test.labels == majority).float().mean()),
+        **constant_baselines(train.labels, test.labels, classes),
         "linear_acc": linear_probe(features(model, train, cfg, device), train.labels,
                                    features(model, test, cfg, device), test.labels, len(classes), cfg),
         "attention": probe_attention(model, cfg),

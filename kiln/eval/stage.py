@@ -1,8 +1,8 @@
 """Eval stage: validation loss, bits-per-byte and the unigram byte baseline for the final checkpoint; and the
 downstream probe of ``kiln eval --probe TASK`` (``probe.py``).
 
-A model trained by an encoder objective (``Objective.lm_eval`` False: MLM, ELECTRA, ERNIE-Gram, MP3,
-CLM -> MLM) has no meaningful LM-head bits per byte: its validation loss is the objective's own
+An encoder (:mod:`kiln.infer.kind`: bidirectional attention, or an encoder objective such as MLM, ELECTRA,
+ERNIE-Gram, MP3, CLM -> MLM) has no meaningful LM-head bits per byte: its validation loss is the objective's own
 (``objective_val.py``), ``val_bpb`` is null and ``val_objective`` names the objective."""
 
 from __future__ import annotations
@@ -12,46 +12,49 @@ from pathlib import Path
 from kiln import atomic
 from kiln.data.loader import iter_eval_batches
 from kiln.data.packing import pack
-from kiln.data.shards import TokenShard
+from kiln.data.shards import open_split
 from kiln.eval.lm import autocast_for, evaluate_lm, unigram_bpb
 from kiln.eval.objective_val import objective_val_loss
 from kiln.eval.probe import ProbeConfig, probe_model
 from kiln.eval.probe_tasks import build_task
+from kiln.infer.kind import run_encoder_reason
+from kiln.model.device import resolve_device, resolve_precision
+from kiln.model.load import load_model
 from kiln.objectives import build_objective
 from kiln.recipe import Recipe
 from kiln.run import RunDir
 from kiln.tokenizer.special import PAD, SPECIAL_IDS
 from kiln.tokenizer.train import load_token_bytes
-from kiln.train.checkpoint import latest_checkpoint, load_model
-from kiln.train.trainer import resolve_device, resolve_precision
 
 
-def final_checkpoint(run: RunDir) -> Path:
-    ckpt = latest_checkpoint(run.stage("train") / "checkpoints")
-    if ckpt is None:
-        raise FileNotFoundError(f"{run.stage('train')}: no checkpoint; run the train stage first")
-    return ckpt
+def final_checkpoint(run: RunDir, recipe: Recipe | None = None) -> Path:
+    """The newest checkpoint of the run's last model stage (train, or a post stage after it)."""
+    from kiln.artifacts import final_checkpoint as newest
+
+    return newest(run, recipe)
 
 
 def run_eval(recipe: Recipe, run: RunDir, out: Path) -> dict:
+    from kiln.artifacts import synthetic, token_bytes_dir
+
     device = resolve_device(recipe.train.device)
     precision = resolve_precision(recipe.train.precision, device)
-    ckpt = final_checkpoint(run)
+    ckpt = final_checkpoint(run, recipe)
     model = load_model(ckpt, device)
-    val = TokenShard(run.stage("tokens") / "val")
+    val = open_split(run.stage("tokens"), "val")
     packing = pack(val.doc_lengths(), recipe.data.seq_len, recipe.data.packing)
     n_rows = packing.n_rows if recipe.eval.max_sequences is None else min(packing.n_rows, recipe.eval.max_sequences)
     mb = recipe.train.micro_batch_size
     batches = iter_eval_batches(val, packing, SPECIAL_IDS[PAD], recipe.data.attention, mb, max_rows=n_rows)
     objective = build_objective(recipe.train.objective, **recipe.train.objective_args)
-    if objective.lm_eval:
-        res = evaluate_lm(model, batches, load_token_bytes(run.stage("tokenizer")), device, precision,
+    if run_encoder_reason(recipe, model.config.attention) is None:  # the rule generate uses too
+        res = evaluate_lm(model, batches, load_token_bytes(token_bytes_dir(recipe, run)), device, precision,
                           total=-(-n_rows // mb), desc="eval")
         own: dict = {"val_bpb": res["bpb"], "n_tokens": res["n_targets"], "n_bytes": res["n_bytes"]}
     else:
         objective.configure(vocab_size=model.config.vocab_size, seq_len=recipe.data.seq_len,
                             total_steps=recipe.train.steps, seed=recipe.train.seed)
-        objective.fit(TokenShard(run.stage("tokens") / "train"))
+        objective.fit(open_split(run.stage("tokens"), "train"))
         with autocast_for(device, precision):
             res = objective_val_loss(model, objective, batches, device)
         own = {"val_bpb": None, "val_objective": objective.name, "n_targets": res["n_targets"],
@@ -60,7 +63,8 @@ def run_eval(recipe: Recipe, run: RunDir, out: Path) -> dict:
     metrics = {
         "val_loss": res["loss"],
         **own,
-        "unigram_bpb": unigram_bpb(corpus / "train.parquet", corpus / "val.parquet"),
+        "unigram_bpb": unigram_bpb(corpus) if not synthetic(recipe)  # synthetic: the generator's symbol baseline
+        else (run.manifest("tokens") or {}).get("stats", {}).get("unigram_bpb"),
         "checkpoint": str(ckpt),
         "sequences": n_rows,
     }
@@ -73,13 +77,15 @@ def run_probe(recipe: Recipe, run: RunDir, task: str, cfg: ProbeConfig | None = 
     """``kiln eval --probe TASK``: probe the final checkpoint on a metadata task; writes eval/probe-TASK.json."""
     import pyarrow.parquet as pq
 
+    from kiln.corpus.files import split_files
     from kiln.tokenizer.train import load_tokenizer
 
     cfg = cfg or ProbeConfig(seq_len=recipe.data.seq_len, seed=recipe.train.seed)
     device = resolve_device(recipe.train.device)
     ckpt = final_checkpoint(run)
     corpus = run.stage("corpus")
-    rows = [r for split in ("train", "val") for r in pq.read_table(corpus / f"{split}.parquet").to_pylist()]
+    rows = [r for split in ("train", "val") for path in split_files(corpus, split)
+            for r in pq.read_table(path).to_pylist()]
     train_docs, test_docs = build_task(rows, task, cfg.test_fraction, cfg.seed)
     tok = load_tokenizer(run.stage("tokenizer"))
     tok.no_padding()

@@ -9,6 +9,12 @@ metrics (``loss``). The trainer knows nothing of any particular objective: it as
 before training, e.g. ERNIE-Gram's n-gram lexicon; deterministic, so a resumed run rebuilds the same state),
 and ``begin_step`` before each step's micro-batches. Randomness in ``prepare`` comes from generators seeded
 by (seed, step, micro-batch), so a resumed run draws exactly what an uninterrupted one would.
+
+An objective may own **frozen modules** (a distillation teacher): :meth:`Objective.add_frozen` keeps them in a
+plain dict, never as submodules, so they are in no optimizer, no DDP/FSDP2 wrapper and no checkpoint; they are
+in eval mode with ``requires_grad`` off. The trainer calls :meth:`Objective.attach` with the training device
+once, before wrapping the model: load teachers there (:meth:`Objective.load_frozen`, through
+``kiln.model.load.load_model``) so their weights go straight to where they run.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class Objective(ABC):
     seed: int = 0
     step: int = 0
     micro: int = 0  # micro-batches prepared so far in this step
+    # Every step's loss reaches every trainable parameter (the heads it names, the backbone). False for
+    # objectives that switch between objectives using different heads: DDP must then look for unused ones.
+    uses_every_head: bool = True
 
     @property
     def heads(self) -> dict[str, dict[str, Any]]:
@@ -71,6 +80,33 @@ class Objective(ABC):
     def configure(self, *, vocab_size: int, seq_len: int, total_steps: int, seed: int) -> None:
         """What ``prepare`` may need to know about the run; called once by the trainer."""
         self.vocab_size, self.seq_len, self.total_steps, self.seed = vocab_size, seq_len, total_steps, seed
+
+    def heads_used(self, prepared: Prepared) -> set[str]:
+        """The heads ``loss`` reaches for ``prepared``: its ``heads``, plus ``lm_head`` for an LM objective."""
+        return set(self.heads) | ({"lm_head"} if self.lm_eval else set())
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        """Modules this objective uses but does not train (teachers): name -> module."""
+        return dict(self.__dict__.get("_frozen", {}))
+
+    def add_frozen(self, name: str, module: nn.Module) -> nn.Module:
+        """Own ``module`` frozen: eval mode, no gradients, kept out of the trained model (see the module doc)."""
+        module.eval()
+        module.requires_grad_(False)
+        self.__dict__.setdefault("_frozen", {})[name] = module
+        return module
+
+    def load_frozen(self, name: str, path: str, device: torch.device | str = "cpu") -> nn.Module:
+        """A frozen module loaded from a kiln checkpoint, run directory or export (``kiln.model.load``)."""
+        from kiln.model.load import load_model
+
+        return self.add_frozen(name, load_model(path, device))
+
+    def attach(self, device: torch.device) -> None:
+        """Called once by the trainer before the model is wrapped: put frozen modules on ``device`` (an
+        objective that loads a teacher from a path overrides this and calls :meth:`load_frozen`)."""
+        for module in self.frozen_modules().values():
+            module.to(device).eval()
 
     def set_compile_loss(self, on: bool) -> None:
         """Compile the LM loss (head matmul + cross-entropy) as one graph; objectives made of others pass it on."""
@@ -84,9 +120,13 @@ class Objective(ABC):
         """
         return None
 
-    def begin_step(self, step: int) -> None:
-        """Called before the micro-batches of optimizer step ``step`` (0-based) are prepared."""
-        self.step, self.micro = step, 0
+    def begin_step(self, step: int, micro_offset: int = 0) -> None:
+        """Called before the micro-batches of optimizer step ``step`` (0-based) are prepared.
+
+        ``micro_offset``: the step-wide index of this rank's first micro-batch (rank r of a torchrun job
+        starts after the micro-batches of ranks < r), so every micro-batch draws what it would in one process.
+        """
+        self.step, self.micro = step, micro_offset
 
     def next_generators(self) -> tuple[torch.Generator, np.random.Generator]:
         """Fresh (torch, numpy) generators for the next micro-batch, seeded by (seed, step, micro)."""

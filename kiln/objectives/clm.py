@@ -12,22 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiln.data.loader import Batch
+from kiln.model.targets import IGNORE, next_token_targets  # noqa: F401 - IGNORE re-exported
 from kiln.objectives.base import Objective, Prepared
 from kiln.objectives.losses import chunked_cross_entropy, compiled_cross_entropy
-
-IGNORE = -100
-
-
-def next_token_targets(batch: Batch) -> torch.Tensor:
-    """targets[b, i] = tokens[b, i+1] where that is a valid next token, else IGNORE."""
-    tokens, seg = batch.tokens, batch.segments
-    targets = torch.full_like(tokens, IGNORE)
-    nxt_seg = seg[:, 1:]
-    valid = nxt_seg >= 0
-    if batch.attention == "document":
-        valid &= nxt_seg == seg[:, :-1]
-    targets[:, :-1] = torch.where(valid, tokens[:, 1:], torch.full_like(tokens[:, 1:], IGNORE))
-    return targets
 
 
 def lm_loss_sum(model: nn.Module, hidden: torch.Tensor, targets: torch.Tensor,

@@ -38,6 +38,27 @@ class Switching(Objective):
                     raise ValueError(f"objectives disagree on head {name!r}: {heads[name]} vs {kw}")
         return heads
 
+    @property
+    def uses_every_head(self) -> bool:  # type: ignore[override]
+        """True only when every sub-objective trains the same parameters (same heads, same LM-head use)."""
+        objs = list(self.objectives.values())
+        return all(o.uses_every_head and o.heads == objs[0].heads and o.lm_eval == objs[0].lm_eval for o in objs)
+
+    def heads_used(self, prepared: Prepared) -> set[str]:
+        name = prepared.extra["objective"]
+        return self.objectives[name].heads_used(prepared)
+
+    def frozen_modules(self) -> dict[str, nn.Module]:
+        out = super().frozen_modules()
+        for name, obj in self.objectives.items():
+            out.update({f"{name}.{k}": m for k, m in obj.frozen_modules().items()})
+        return out
+
+    def attach(self, device: torch.device) -> None:
+        super().attach(device)
+        for obj in self.objectives.values():
+            obj.attach(device)
+
     def configure(self, **kwargs: Any) -> None:
         super().configure(**kwargs)
         for obj in self.objectives.values():
@@ -53,15 +74,17 @@ class Switching(Objective):
         for obj in self.objectives.values():
             obj.fit(docs)
 
-    def begin_step(self, step: int) -> None:
-        super().begin_step(step)
+    def begin_step(self, step: int, micro_offset: int = 0) -> None:
+        super().begin_step(step, micro_offset)
         for obj in self.objectives.values():
-            obj.begin_step(step)
+            obj.begin_step(step, micro_offset)
 
     def prepare(self, batch: Batch) -> Prepared:
         name = self.choose()
+        chosen = self.objectives[name]
+        chosen.micro = self.micro  # its draws keyed by the step-wide micro-batch index, whichever rank prepares it
         self.micro += 1
-        p = self.objectives[name].prepare(batch)
+        p = chosen.prepare(batch)
         p.extra["objective"] = name
         return p
 

@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import random
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -32,17 +31,13 @@ from safetensors.torch import save_file
 
 from kiln import atomic
 from kiln.faults import maybe_fail
-from kiln.model.config import TransformerConfig
 from kiln.model.io import TIED_KEY, load_state, save_state
+from kiln.model.load import CheckpointError, latest_checkpoint, list_checkpoints  # noqa: F401 - re-exported
+from kiln.model.load import load_model as _load_any
 from kiln.train import dist
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
 REQUIRED = ("model.safetensors", "config.json", "trainer_state.json")
 DCP_DIR = "dcp"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def _numpy_state() -> list:
@@ -125,18 +120,6 @@ def _save_sharded(final: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     dist.barrier()
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    if not root.exists():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    ckpts = list_checkpoints(root)
-    return ckpts[-1] if ckpts else None
-
-
 def verify_checkpoint(path: Path) -> None:
     missing = [f for f in REQUIRED if not (path / f).exists()]
     if missing:
@@ -144,17 +127,8 @@ def verify_checkpoint(path: Path) -> None:
 
 
 def load_model(path: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the model from config.json and load weights (read on CPU, then moved)."""
-    for f in ("model.safetensors", "config.json"):
-        if not (path / f).exists():
-            raise CheckpointError(f"checkpoint {path} is incomplete: missing {f}")
-    try:
-        cfg = TransformerConfig.from_dict(json.loads((path / "config.json").read_text()))
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path / 'config.json'} is not a valid model config ({exc})") from None
-    model = cfg.build()
-    load_state(model, path / "model.safetensors")
-    return model.to(device)
+    """The model at ``path`` (a checkpoint, run or export folder): :func:`kiln.model.load.load_model`."""
+    return _load_any(path, device)
 
 
 def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -101,6 +101,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (pickled); ``[obj]`` without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum over ranks in float64 (exact for counts below 2**53); identity without a group."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import torch
+
 from kiln import atomic
 
 
@@ -38,3 +40,38 @@ class MetricsLog:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+class ObjectiveMetrics:
+    """An objective's named metrics (``loss``'s second value), summed over a step's micro-batches on the device.
+
+    Logged in the step's train row like the objective's validation metrics (kiln/eval/objective_val.py): each
+    sum over micro-batches and ranks divided by the step's target count, named ``<name without _sum>_per_target``
+    (``mlm_loss_sum`` -> ``mlm_loss_per_target``, ``disc_correct`` -> ``disc_correct_per_target``).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, named: dict[str, torch.Tensor | float]) -> None:
+        for key, value in named.items():
+            t = torch.as_tensor(value, device=self.device).detach().double().sum()
+            self.sums[key] = self.sums[key] + t if key in self.sums else t
+
+    def agree(self, keys_per_rank: list[list[str]]) -> None:
+        """Add zero sums for keys other ranks reported (a switching objective may run different objectives on
+        different ranks), so every rank all-reduces the same list."""
+        for keys in keys_per_rank:
+            for key in keys:
+                if key not in self.sums:
+                    self.sums[key] = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def values(self) -> list[float]:
+        """The sums in key order (one device read for all of them)."""
+        return torch.stack([self.sums[k] for k in sorted(self.sums)]).tolist() if self.sums else []
+
+    def per_target(self, totals: list[float], n_targets: int) -> dict[str, float]:
+        """``totals`` (:meth:`values`, summed over ranks) divided by the step's target count, renamed."""
+        return {k.removesuffix("_sum") + "_per_target": v / n_targets for k, v in zip(sorted(self.sums), totals,
+                                                                                    strict=True)}

@@ -3,6 +3,10 @@
 Schedules: linear warmup then cosine decay to ``min_lr_ratio * lr``; WSD
 (warmup-stable-decay, Hu et al. 2024 "MiniCPM"): constant after warmup, then a linear
 decay over the last ``decay_fraction`` of steps; or constant.
+
+Warm-up never takes more than half the run: ``train.warmup_steps`` above ``steps // 2`` (the default 50
+against ``train.steps=30``) is shortened to ``steps // 2`` so the schedule still decays to its floor instead
+of ending at the peak learning rate; :func:`schedule_warnings` says so before the run starts.
 """
 
 from __future__ import annotations
@@ -26,10 +30,25 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8, fused=fused)
 
 
+def effective_warmup(cfg: TrainConfig) -> int:
+    """Warm-up steps actually used: ``train.warmup_steps``, at most half of ``train.steps``."""
+    return min(cfg.warmup_steps, cfg.steps // 2)
+
+
+def schedule_warnings(cfg: TrainConfig) -> list[str]:
+    """Plain-language warnings about a schedule that would not do what its numbers suggest."""
+    warmup = effective_warmup(cfg)
+    if warmup == cfg.warmup_steps:
+        return []
+    return [f"train.warmup_steps={cfg.warmup_steps} is more than half of train.steps={cfg.steps}: warm-up "
+            f"shortened to {warmup} steps so the learning rate still decays (set train.warmup_steps<={warmup} "
+            "to silence this)"]
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step ``step`` (0-based)."""
     total = cfg.steps
-    warmup = min(cfg.warmup_steps, max(total - 1, 0))
+    warmup = effective_warmup(cfg)
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     floor = cfg.lr * cfg.min_lr_ratio

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
+from kiln.data.loader import Batch
 from kiln.objectives.base import Objective, Prepared
 from kiln.train.dist import DistEnv
 
@@ -56,10 +57,43 @@ class TrainModule(nn.Module):
         self.model = model
         self.objective = objective  # a Module objective (own parameters) is registered and wrapped too
 
-    def forward(self, *args: Any, prepared: Prepared | None = None, **kwargs: Any) -> Any:
-        if prepared is not None:
-            return self.objective.loss(self.model, prepared)
-        return self.model(*args, **kwargs)
+    def forward(self, *args: Any, prepared: Prepared | None = None, objective: Objective | None = None,
+                touch: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        """``objective.loss(model, prepared)`` (the training objective unless another is given, e.g. the
+        validation copy), else the language model's forward.
+
+        ``touch``: heads (``lm_head`` or a name in ``model.heads``) added to the loss with weight 0, so they
+        get a zero gradient on this rank: FSDP2 reduce-scatters the gradients a rank holds, so every rank must
+        hold the same set when a switching objective used a head on another rank only.
+        """
+        if prepared is None:
+            return self.model(*args, **kwargs)
+        loss_sum, metrics = (objective or self.objective).loss(self.model, prepared)
+        for name in touch:
+            head = self.model.lm_head if name == "lm_head" else self.model.heads[name]
+            loss_sum = loss_sum + 0.0 * sum(p.sum() for p in head.parameters())
+        return loss_sum, metrics
+
+
+class ThroughRoot(Objective):
+    """``objective`` whose ``loss`` runs inside ``root``'s forward, whatever model it is handed.
+
+    Under FSDP2 the root's parameters (embeddings, heads, final norm) are gathered only in the root's forward,
+    so an objective's own validation loss must go through it, exactly like a training step.
+    """
+
+    def __init__(self, objective: Objective, root: nn.Module) -> None:
+        self.inner, self.root = objective, root
+        self.name, self.lm_eval, self.total_steps = objective.name, objective.lm_eval, objective.total_steps
+
+    def begin_step(self, step: int, micro_offset: int = 0) -> None:
+        self.inner.begin_step(step, micro_offset)
+
+    def prepare(self, batch: Batch) -> Prepared:
+        return self.inner.prepare(batch)
+
+    def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.root(prepared=prepared, objective=self.inner)
 
 
 def resolve_strategy(name: str, world_size: int, n_params: int) -> str:
@@ -133,6 +167,11 @@ class Parallelized:
         """What evaluation calls: the root under FSDP2 (its hooks gather parameters), else the model."""
         return self.root if self.strategy == "fsdp" else self.model
 
+    def eval_objective(self, objective: Objective) -> Objective:
+        """The objective evaluation runs with ``eval_model``: under FSDP2 its loss goes through the root's
+        forward (:class:`ThroughRoot`), else it is ``objective`` itself."""
+        return ThroughRoot(objective, self.root) if self.strategy == "fsdp" else objective
+
     @contextlib.contextmanager
     def sync(self, enabled: bool) -> Iterator[None]:
         """Gradient synchronisation on (last micro-batch) or off (the others: accumulate locally)."""
@@ -164,7 +203,12 @@ def parallelize(model: nn.Module, objective: Objective, *, strategy: str, activa
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index if device.index is not None else env.local_rank] if device.type == "cuda" else None
-        root = DistributedDataParallel(root, device_ids=ids)
+        # an objective that leaves some heads out of some steps (clm_mlm, mixture), or an encoder objective with
+        # an untied LM head it never uses, needs DDP to look for parameters without a gradient; a zero-weighted
+        # touch would hand AdamW zero gradients (weight decay, moment updates) where one process has none
+        untied_unused = not objective.lm_eval and not getattr(getattr(model, "config", None), "tie_embeddings", True)
+        root = DistributedDataParallel(root, device_ids=ids,
+                                       find_unused_parameters=not objective.uses_every_head or untied_unused)
     elif strategy == "fsdp":
         apply_fsdp(root, device, env)
     elif strategy != "single":

@@ -31,36 +31,26 @@ import torch
 
 from kiln.data.loader import PackedLoader, iter_eval_batches
 from kiln.data.packing import Packing, pack
-from kiln.data.shards import TokenShard
+from kiln.data.shards import Shards, open_split
 from kiln.eval.lm import autocast_for, evaluate_lm
 from kiln.eval.objective_val import objective_val_loss
 from kiln.faults import maybe_fail
 from kiln.model.config import TransformerConfig
+from kiln.model.device import resolve_device, resolve_precision  # noqa: F401 - re-exported
 from kiln.model.flops import flops_per_token, mfu, peak_flops
 from kiln.objectives import build_objective
+from kiln.objectives.base import Objective
 from kiln.progress import log, progress_bar
 from kiln.recipe import Recipe
 from kiln.tokenizer.special import PAD, SPECIAL_IDS
 from kiln.train import dist
+from kiln.train.callbacks import TrainerCallback, TrainState, build_callbacks
 from kiln.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from kiln.train.guard import FaultGuard, TrainingOOM, is_oom, oom_message
-from kiln.train.metrics import MetricsLog
+from kiln.train.init_from import init_weights_from
+from kiln.train.metrics import MetricsLog, ObjectiveMetrics
 from kiln.train.optim import build_optimizer, lr_at, set_lr
 from kiln.train.parallel import parallelize, resolve_strategy
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use device=auto or cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return name
 
 
 def target_reached(val_bpb: float, target: float | None) -> bool:
@@ -76,8 +66,8 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TrainData:
-    train: TokenShard
-    val: TokenShard
+    train: Shards
+    val: Shards
     train_packing: Packing
     val_packing: Packing
     token_bytes: np.ndarray
@@ -85,13 +75,16 @@ class TrainData:
 
 def load_train_data(recipe: Recipe, tokens_dir: Path, token_bytes: np.ndarray) -> TrainData:
     d = recipe.data
-    train, val = TokenShard(tokens_dir / "train"), TokenShard(tokens_dir / "val")
+    train, val = open_split(tokens_dir, "train"), open_split(tokens_dir, "val")
     return TrainData(train, val, pack(train.doc_lengths(), d.seq_len, d.packing),
                      pack(val.doc_lengths(), d.seq_len, d.packing), token_bytes)
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, data: TrainData, vocab_size: int, out_dir: Path, metrics_path: Path):
+    def __init__(self, recipe: Recipe, data: TrainData, vocab_size: int, out_dir: Path, metrics_path: Path,
+                 callbacks: list[TrainerCallback] | None = None, objective: Objective | None = None):
+        """``callbacks`` run after those of ``train.callbacks``; ``objective`` replaces the recipe's
+        ``train.objective`` (an objective built in code, e.g. with a teacher)."""
         self.recipe, self.data, self.out_dir = recipe, data, Path(out_dir)
         cfg = recipe.train
         if cfg.threads:
@@ -105,7 +98,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         seed_everything(cfg.seed)
-        self.objective = build_objective(cfg.objective, **cfg.objective_args)
+        self.objective = objective or build_objective(cfg.objective, **cfg.objective_args)
         self.objective.loss_chunk_tokens = cfg.loss_chunk_tokens
         self.objective.configure(vocab_size=vocab_size, seq_len=recipe.data.seq_len, total_steps=cfg.steps,
                                  seed=cfg.seed)
@@ -113,11 +106,18 @@ class Trainer:
         if not self.objective.lm_eval and cfg.stop_at_val_bpb is not None:
             raise ValueError(f"train.stop_at_val_bpb needs a causal LM objective; '{cfg.objective}' trains an "
                              "encoder (validation reports its own loss, not bits per byte)")
-        # validation of an encoder objective: its own loss, on a copy so the training objective's state is untouched
-        self.val_objective = None if self.objective.lm_eval else copy.deepcopy(self.objective)
+        self.objective.attach(self.device)  # frozen modules (teachers) on the device, outside the trained model
+        # validation of an encoder objective: its own loss, on a copy so the training objective's state is
+        # untouched; frozen modules are shared, not copied
+        shared = {id(m): m for m in self.objective.frozen_modules().values()}
+        self.val_objective = None if self.objective.lm_eval else copy.deepcopy(self.objective, shared)
         self.model_config = TransformerConfig.from_recipe(recipe.model, vocab_size, recipe.data.seq_len,
                                                           heads=self.objective.heads)
-        self.model = self.model_config.build().to(self.device)
+        self.model = self.model_config.build()
+        if cfg.init_from is not None:  # before wrapping and the optimizer; a resumed checkpoint overrides it
+            fresh = init_weights_from(self.model, cfg.init_from)
+            log(f"train: weights from {cfg.init_from}{f' (fresh heads: {fresh})' if fresh else ''}")
+        self.model.to(self.device)
         par = recipe.parallel
         self.strategy = resolve_strategy(par.strategy, self.env.world_size, self.model.num_params())
         self._own_group = self.strategy == "fsdp" and not self.env.active
@@ -141,6 +141,17 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.guard = FaultGuard(cfg)
+        self.callbacks = [*build_callbacks(cfg.callbacks), *(callbacks or [])]
+        self.state = TrainState(0, self.model, self.optimizer, self.objective, self.env.rank, self.env.world_size)
+
+    def _callback(self, point: str, *args: object, metrics: dict | None = None) -> dict:
+        """Run ``point`` of every callback; with ``metrics``, on that dict, else on the step's; return it."""
+        self.state.step = self.step
+        if metrics is not None:
+            self.state.metrics = metrics
+        for cb in self.callbacks:
+            getattr(cb, point)(self.state, *args)
+        return self.state.metrics
 
     def close(self) -> None:
         """Tear down a process group this trainer made for itself (a one-rank FSDP2 run); torchrun's stays."""
@@ -167,40 +178,67 @@ class Trainer:
     def save(self) -> Path:
         state = {"step": self.step, "tokens_seen": self.tokens_seen, "loader": self.loader.state_dict(),
                  "guard": self.guard.state_dict()}
-        return save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, state,
+        path = save_checkpoint(self.ckpt_root, self.step, self.model, self.optimizer, state,
                                keep=self.recipe.train.keep_checkpoints, sharded=self.strategy == "fsdp")
+        self._callback("on_checkpoint", path)
+        return path
 
     # ------------------------------------------------------------------ steps
+    def _heads_to_touch(self, prepared: list) -> tuple[str, ...]:
+        """FSDP2 with a switching objective: heads another rank used this step and this one did not (see
+        ``TrainModule.forward``); DDP finds such parameters itself (``find_unused_parameters``)."""
+        if self.strategy != "fsdp" or self.env.world_size == 1 or self.objective.uses_every_head:
+            return ()
+        local = set().union(*(self.objective.heads_used(p) for p in prepared))
+        used = set().union(*map(set, dist.all_gather_object(sorted(local))))
+        return tuple(sorted(used - local))
+
     def train_step(self) -> dict:
         cfg = self.recipe.train
         lr = lr_at(self.step, cfg) * self.guard.lr_scale
         set_lr(self.optimizer, lr)
         # prepared on the CPU, then copied: no step waits on the GPU until the gradient norm (the guard's input)
         micro = self.loader.next_step(self.rows_per_step, cfg.micro_batch_size)
-        self.objective.begin_step(self.step)
+        # micro-batch randomness (masks, mixture draws) keyed by the step-wide micro-batch index: equal to one
+        # process when each rank's rows are whole micro-batches
+        per_rank = self.rows_per_step // self.env.world_size
+        self.objective.begin_step(self.step, self.env.rank * (per_rank // cfg.micro_batch_size))
         prepared = [self.objective.prepare(b).to(self.device) for b in micro]
         world = self.env.world_size
         # the global target count: DDP/FSDP2 average gradients over ranks, hence the factor world / n_targets
         n_targets = max(dist.all_reduce_sum([sum(p.n_targets for p in prepared)], self.device)[0], 1)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device, read once
+        sums = ObjectiveMetrics(self.device)  # the objective's named metrics, summed on the device too
+        self.state.metrics = {}
+        touch = self._heads_to_touch(prepared)
         try:
             for i, p in enumerate(prepared):
-                with self.par.sync(enabled=i == len(prepared) - 1):  # no_sync on all but the last micro-batch
+                last = i == len(prepared) - 1
+                with self.par.sync(enabled=last):  # no_sync on all but the last micro-batch
                     with autocast_for(self.device, self.precision):
-                        loss_sum, _ = self.par.root(prepared=p)
-                    (loss_sum * (world / n_targets)).backward()
+                        loss_sum, named = self.par.root(prepared=p, touch=touch if last else ())
+                    to_backprop = loss_sum
+                    for cb in self.callbacks:  # sample weights, auxiliary losses
+                        self.state.step = self.step
+                        to_backprop = cb.micro_loss(self.state, p, to_backprop)
+                    (to_backprop * (world / n_targets)).backward()
                 loss_acc += loss_sum.detach().double()
+                sums.add(named)
         except Exception as exc:
             if is_oom(exc):
                 raise TrainingOOM(oom_message(self.step, exc)) from exc
             raise
+        self._callback("after_backward")  # the step's (synchronised) gradients, before clipping
         maybe_fail("train_step")
         clip = cfg.grad_clip if cfg.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         loss_total = float(loss_acc)
-        loss_total, n_tokens = dist.all_reduce_sum([loss_total, sum(b.n_tokens for b in micro)], self.device)
-        loss, n_tokens = loss_total / n_targets, int(n_tokens)
+        if world > 1 and not self.objective.uses_every_head:  # ranks may have run different sub-objectives
+            sums.agree(dist.all_gather_object(sorted(sums.sums)))
+        reduced = dist.all_reduce_sum([loss_total, sum(b.n_tokens for b in micro), *sums.values()], self.device)
+        loss, n_tokens = reduced[0] / n_targets, int(reduced[1])
+        named_metrics = sums.per_target(reduced[2:], n_targets)
         fault = self.guard.check(loss, grad_norm)  # every rank sees the same loss and global norm
         if fault is None:
             self.optimizer.step()
@@ -209,7 +247,9 @@ class Trainer:
         if fault is None:
             self.step += 1
             self.tokens_seen += n_tokens
-        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "n_tokens": n_tokens, "fault": fault}
+            self._callback("after_optimizer_step")  # state.step: the step just completed (as logged)
+        return {"loss": loss, "lr": lr, "grad_norm": grad_norm, "n_tokens": n_tokens, "fault": fault,
+                "metrics": {**named_metrics, **self.state.metrics}}
 
     def handle_fault(self, out: dict) -> str:
         """Apply ``train.on_nonfinite`` to a faulty step (see kiln/train/guard.py); log it; return the action."""
@@ -245,7 +285,8 @@ class Trainer:
         if self.val_objective is None:
             return evaluate_lm(self.par.eval_model, batches, self.data.token_bytes, self.device, self.precision)
         with autocast_for(self.device, self.precision):
-            res = objective_val_loss(self.par.eval_model, self.val_objective, batches, self.device)
+            res = objective_val_loss(self.par.eval_model, self.par.eval_objective(self.val_objective), batches,
+                                     self.device)
         return {**res, "bpb": None}
 
     def _log_val(self) -> dict:
@@ -255,6 +296,8 @@ class Trainer:
             row["val_objective"] = self.objective.name  # an encoder's own validation loss, no bits per byte
         else:
             row["val_bpb"] = res["bpb"]
+        self._callback("on_eval", metrics=row)  # callbacks read the validation row and may add to it
+        self.state.metrics = {}
         if self.metrics is not None:
             self.metrics.append(row)
         return row
@@ -263,11 +306,13 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.recipe.train
         self.resume_if_possible()
+        self._callback("on_train_begin", metrics={})
         n_params = self.model.num_params()
         log(f"train: {n_params / 1e6:.2f}M parameters ({self.model.num_params(non_embedding=True) / 1e6:.2f}M "
             f"non-embedding), {self.rows_per_step} x {self.recipe.data.seq_len} tokens/step, device {self.device} "
             f"{self.precision}, {self.loader.rows_per_epoch} rows/epoch, {self.strategy} x {self.env.world_size}"
-            f"{', compiled' if self.par.compiled else ''}, checkpointing {self.par.activation_checkpointing}")
+            f"{', compiled' if self.par.compiled else ''}, "
+            f"activation checkpointing {self.par.activation_checkpointing}")
         if self.step == 0:
             self._log_val()
             if cfg.on_nonfinite == "rollback" and latest_checkpoint(self.ckpt_root) is None:
@@ -289,7 +334,8 @@ class Trainer:
                     tps = window_tokens / max(now - window_t, 1e-9)
                     row = {"kind": "train", "step": self.step, "loss": out["loss"], "lr": out["lr"],
                            "grad_norm": out["grad_norm"], "tokens": self.tokens_seen, "tokens_per_s": tps,
-                           "mfu": mfu(tps, self.flops_per_token, self.peak), "elapsed_s": now - start}
+                           "mfu": mfu(tps, self.flops_per_token, self.peak), "elapsed_s": now - start,
+                           **out["metrics"]}  # the objective's named metrics, then the callbacks'
                     if self.device.type == "cuda":
                         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
                     if self.metrics is not None:
@@ -313,6 +359,7 @@ class Trainer:
             rows = self.metrics.rows() if self.metrics is not None else []
             done = [r for r in rows if r.get("kind") == "val" and r.get("step") == self.step]
             last_val = dist.broadcast_object(done[-1] if done else None) or self._log_val()
+        self._callback("on_train_end", metrics={})
         return {"n_params": n_params, "n_params_non_embedding": self.model.num_params(non_embedding=True),
                 "steps": self.step, "tokens": self.tokens_seen, "final_val_bpb": last_val.get("val_bpb"),
                 "final_val_loss": last_val.get("val_loss"), "checkpoint": str(latest_checkpoint(self.ckpt_root)),

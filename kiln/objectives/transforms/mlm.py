@@ -12,7 +12,7 @@ the result is a deterministic function of (tokens, segments, generator state, co
 
 The special ids default to kiln's registry (ids below ``NUM_SPECIAL``, ``<|mask|>``); another vocabulary
 passes its own: for BERT's WordPiece, ``mask_id=103`` and ``num_special=999`` ([PAD], [unused*], [UNK],
-[CLS], [SEP], [MASK] are ids 0-998), as ``kiln.model.bert_mlm`` does.
+[CLS], [SEP], [MASK] are ids 0-998), as ``kiln.train.bert_mlm`` does.
 """
 
 from __future__ import annotations
