@@ -23,7 +23,7 @@ import torch
 
 from kiln.data.loader import iter_eval_batches
 from kiln.data.packing import pack
-from kiln.data.shards import TokenShard
+from kiln.data.shards import open_split
 from kiln.eval.lm import evaluate_lm
 from kiln.eval.objective_val import objective_val_loss
 from kiln.eval.probe import ProbeConfig
@@ -61,7 +61,7 @@ def overrides(steps: int, threads: int, batch_tokens: int) -> list[str]:
 def measure(name: str, recipe, run: RunDir, causal: bool, probe: ProbeConfig) -> dict:
     device = torch.device("cpu")
     model = load_model(final_checkpoint(run), device)
-    val = TokenShard(run.stage("tokens") / "val")
+    val = open_split(run.stage("tokens"), "val")
     packing = pack(val.doc_lengths(), recipe.data.seq_len, recipe.data.packing)
 
     def batches():

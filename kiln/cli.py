@@ -24,15 +24,40 @@ from kiln.stages import ORDER, run_pipeline
 HELP = (
     "kiln: turn a raw text corpus into a compact language model.\n\n"
     "Every command takes an optional recipe (a YAML file or a built-in name such as 'demo') followed by dotted "
-    "overrides (train.steps=50 model.n_layer=2). Without a recipe, --run-dir reuses the run's saved recipe."
+    "overrides (train.steps=50 model.n_layer=2). Without a recipe, --run-dir reuses the run's saved recipe. "
+    "'kiln recipe explain train.lr' documents any field."
+)
+OVERRIDES = (
+    "RECIPE is a YAML file or a built-in name (kiln recipe list); with --run-dir and no RECIPE, the run's saved "
+    "recipe.yaml. Any field can follow as section.field=value (YAML values): train.steps=50 model.n_layer=2 "
+    "'generate.prompts=[Hello]'. kiln recipe explain FIELD documents a field (type, default, allowed values); "
+    "kiln recipe show RECIPE KEY=VALUE... prints the resolved recipe."
 )
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP, rich_markup_mode="rich")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-Args = Annotated[list[str] | None, typer.Argument(help="[RECIPE] [section.field=value ...]", show_default=False)]
+Args = Annotated[list[str] | None, typer.Argument(
+    metavar="RECIPE KEY=VALUE...", show_default=False,
+    help="optional recipe (YAML file or built-in name), then overrides section.field=value (train.steps=50)")]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="run directory (default: runs/<recipe name>)")]
-ForceOpt = Annotated[list[str] | None, typer.Option("--force", help="rebuild this stage and everything after it")]
+ForceOpt = Annotated[list[str] | None, typer.Option("--force", help="rebuild this stage and every stage that reads it")]
+ForceRunOpt = Annotated[bool, typer.Option(
+    "--force-run", help="reuse a run directory that holds a run of a recipe with another name")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kiln import __version__
+
+        out.print(f"kiln {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print kiln's version and exit")] = False) -> None:
+    """kiln: turn a raw text corpus into a compact language model."""
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -47,7 +72,8 @@ def _split_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     return None, args
 
 
-def _resolve(args: list[str] | None, run_dir: Path | None, default: str | None = None) -> tuple[Recipe, RunDir]:
+def _resolve(args: list[str] | None, run_dir: Path | None, default: str | None = None,
+             force_run: bool = False) -> tuple[Recipe, RunDir]:
     spec, overrides = _split_args(args)
     if spec is None and run_dir is not None and (run_dir / "recipe.yaml").exists():
         spec = str(run_dir / "recipe.yaml")
@@ -56,25 +82,69 @@ def _resolve(args: list[str] | None, run_dir: Path | None, default: str | None =
     if spec is None:
         _fail("give a recipe (a YAML file or a built-in name such as 'demo') or --run-dir of an existing run")
     recipe = load_recipe(spec, overrides)
-    return recipe, RunDir.for_recipe(recipe, run_dir)
+    return recipe, RunDir.for_recipe(recipe, run_dir, force_run=force_run)
+
+
+def _warn(recipe: Recipe) -> None:
+    """Print the recipe's warnings (valid settings that will not do what they suggest) on stderr."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for note in recipe.warnings():
+        err.print(f"[bold yellow]warning:[/bold yellow] {note}", highlight=False)
 
 
 def _guarded(fn, *args, **kwargs):
     """Run a pipeline call, turning kiln's expected errors into one clear line (KILN_DEBUG=1 for tracebacks)."""
-    from kiln.train.checkpoint import CheckpointError
+    from kiln.model.load import ModelLoadError  # CheckpointError's base: any model that cannot be loaded
 
     try:
         return fn(*args, **kwargs)
-    except (RecipeError, RunError, CheckpointError, OSError, ValueError, FloatingPointError, MemoryError) as exc:
+    except (RecipeError, RunError, ModelLoadError, OSError, ValueError, FloatingPointError, MemoryError) as exc:
         if os.environ.get("KILN_DEBUG") == "1":
             raise
         _fail(str(exc))
 
 
-def _pipeline(args, run_dir, until=None, force=None, default=None) -> tuple[Recipe, RunDir, dict]:
-    recipe, run = _guarded(_resolve, args, run_dir, default)
-    results = _guarded(run_pipeline, recipe, run, until=until, force=tuple(force or ()))
+def _pipeline(args, run_dir, until=None, force=None, default=None, force_run=False) -> tuple[Recipe, RunDir, dict]:
+    recipe, run = _guarded(_resolve, args, run_dir, default, force_run)
+    _warn(recipe)
+    try:
+        results = _guarded(run_pipeline, recipe, run, until=until, force=tuple(force or ()))
+    except KeyboardInterrupt:
+        _interrupted(run)
     return recipe, run, results
+
+
+def interrupt_message(run: RunDir) -> str:
+    """What an interrupted command leaves: the completed stages, the last checkpoint, and how to resume."""
+    from kiln.train.checkpoint import latest_checkpoint
+
+    done = []
+    for name in ORDER:
+        try:
+            if (run.manifest(name) or {}).get("complete"):
+                done.append(name)
+        except RunError:
+            pass
+    lines = [f"interrupted; {run.root} keeps the completed stages ({', '.join(done) or 'none yet'})."]
+    ckpt = latest_checkpoint(run.stage("train") / "checkpoints") if run.stage("train").is_dir() else None
+    if ckpt is not None:
+        lines.append(f"last checkpoint: {ckpt} (steps after it are not saved; train.checkpoint_every sets how often)")
+    elif "train" not in done:
+        lines.append("no training checkpoint was written yet.")
+    if "train" not in done:
+        what = "resume training from it" if ckpt is not None else "continue"
+        lines.append(f"to {what}, rerun the same command, or: kiln train --run-dir {run.root} (its saved recipe)")
+    else:
+        lines.append(f"to continue, rerun the same command, or: kiln run --run-dir {run.root} (its saved recipe)")
+    return "\n".join(lines)
+
+
+def _interrupted(run: RunDir) -> None:
+    """Ctrl-C: say what was saved and how to resume, exit 130 (the shell's code for SIGINT)."""
+    if os.environ.get("RANK", "0") == "0":
+        err.print(interrupt_message(run), highlight=False, markup=False)
+    raise typer.Exit(130)
 
 
 def _print_summary(run: RunDir) -> None:
@@ -88,33 +158,46 @@ def _print_summary(run: RunDir) -> None:
                       "nats/target (an encoder objective: no bits per byte)")
         else:
             out.print(f"validation: loss {m['val_loss']:.4f} nats/token, [bold]{m['val_bpb']:.4f} bits/byte[/bold] "
-                      f"(unigram byte baseline {m['unigram_bpb']:.3f})")
+                      + (f"(unigram byte baseline {m['unigram_bpb']:.3f})" if m.get("unigram_bpb") is not None
+                         else "(synthetic tokens: no byte baseline)"))
     report = run.stage("report") / "index.html"
     if report.exists():
         out.print(f"report: {report}")
 
 
-@app.command()
-def demo(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None) -> None:
+@app.command(epilog=OVERRIDES)
+def demo(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None, force_run: ForceRunOpt = False) -> None:
     """Run the embedded end-to-end demo (Shakespeare, modern spelling) with the built-in `demo` recipe."""
     spec, overrides = _split_args(args)
-    _, run, _ = _pipeline([spec or "demo", *overrides], run_dir, force=force)
+    _, run, _ = _pipeline([spec or "demo", *overrides], run_dir, force=force, force_run=force_run)
     _print_summary(run)
 
 
-@app.command()
-def run(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None,
-        until: Annotated[str | None, typer.Option(help=f"stop after this stage ({', '.join(ORDER)})")] = None) -> None:
+@app.command(epilog=OVERRIDES)
+def run(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None, force_run: ForceRunOpt = False,
+        until: Annotated[str | None, typer.Option(help=f"stop after this stage ({', '.join(ORDER)})")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="show what each stage would do, and why; "
+                                              "run nothing")] = False) -> None:
     """Run every stage of a recipe; complete stages with matching fingerprints are skipped."""
     if until is not None and until not in ORDER:
         _fail(f"--until {until}: unknown stage; stages are {', '.join(ORDER)}")
-    _, run_, _ = _pipeline(args, run_dir, until=until, force=force)
+    if dry_run:
+        from kiln.stages import plan_status
+
+        recipe, run_ = _guarded(_resolve, args, run_dir, None, force_run)
+        table = Table("stage", "fingerprint", "action", "why")
+        for row in _guarded(plan_status, recipe, run_, until, tuple(force or ())):
+            table.add_row(row["stage"], row["fingerprint"], row["action"], row["why"])
+        out.print(table)
+        return
+    _, run_, _ = _pipeline(args, run_dir, until=until, force=force, force_run=force_run)
     _print_summary(run_)
 
 
 def _stage_command(name: str, doc: str):
-    def command(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None) -> None:
-        _pipeline(args, run_dir, until=name, force=force)
+    def command(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None,
+                force_run: ForceRunOpt = False) -> None:
+        _pipeline(args, run_dir, until=name, force=force, force_run=force_run)
 
     command.__doc__ = doc
     command.__name__ = name
@@ -128,17 +211,17 @@ for _name, _doc in [
     ("train", "Train (or resume) the model; logs to metrics.jsonl, checkpoints atomically."),
     ("report", "Write report/index.html and report/report.md for the run."),
 ]:
-    app.command(name=_name)(_stage_command(_name, _doc))
+    app.command(name=_name, epilog=OVERRIDES)(_stage_command(_name, _doc))
 
 
-@app.command("eval")
-def eval_(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None,
+@app.command("eval", epilog=OVERRIDES)
+def eval_(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None, force_run: ForceRunOpt = False,
           probe: Annotated[str | None, typer.Option(
               help="also probe a classification head: edition | genre | pydocs-module | column:NAME")] = None,
           probe_steps: Annotated[int, typer.Option(help="fine-tuning steps of the probe (0 = linear only)")] = 150,
           ) -> None:
     """Validation loss, bits-per-byte and the unigram byte baseline of the final checkpoint (and --probe)."""
-    recipe, run_, _ = _pipeline(args, run_dir, until="eval", force=force)
+    recipe, run_, _ = _pipeline(args, run_dir, until="eval", force=force, force_run=force_run)
     _print_summary(run_)
     if probe is not None:
         from kiln.eval.probe import ProbeConfig
@@ -148,28 +231,48 @@ def eval_(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None,
         res = _guarded(run_probe, recipe, run_, probe, cfg)
         ft = f", fine-tune {res['finetune_acc']:.3f}" if "finetune_acc" in res else ""
         out.print(f"probe {probe}: linear {res['linear_acc']:.3f}{ft}, majority baseline {res['majority_acc']:.3f} "
-                  f"({res['n_test']} held-out windows of {res['n_test_docs']} documents; classes "
+                  f"(always '{res['majority_class']}', the test split's most common class; {res['n_test']} "
+                  f"held-out windows of {res['n_test_docs']} documents; classes "
                   f"{', '.join(res['classes'])})", emoji=False, markup=False, highlight=False)
 
 
-@app.command()
+@app.command(epilog=OVERRIDES + " generate.* overrides and the options above apply to this sampling only: the run's "
+              "recipe.yaml is not changed (so a later kiln report still samples as the recipe says); other overrides "
+              "run the stages up to train, as kiln train would.")
 def generate(args: Args = None, run_dir: RunDirOpt = None,
              prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="prompt (repeatable)")] = None,
              max_new_tokens: Annotated[int | None, typer.Option(help="tokens to generate")] = None,
              temperature: Annotated[float | None, typer.Option(help="0 = greedy")] = None,
              top_k: Annotated[int | None, typer.Option()] = None,
-             top_p: Annotated[float | None, typer.Option()] = None) -> None:
-    """Sample from the final checkpoint (KV cache; temperature, top-k, top-p)."""
+             top_p: Annotated[float | None, typer.Option()] = None,
+             seed: Annotated[int | None, typer.Option(help="sampling seed (default: generate.seed)")] = None,
+             checkpoint: Annotated[Path | None, typer.Option(
+                 help="checkpoint folder to sample from (default: the run's final checkpoint)")] = None,
+             force_run: ForceRunOpt = False) -> None:
+    """Sample from the final checkpoint (KV cache; temperature, top-k, top-p); the run's recipe is left as it is."""
     from kiln.infer.stage import sample
+    from kiln.recipe import with_overrides
     from kiln.train.trainer import resolve_device
 
-    recipe, run_ = _guarded(_resolve, args, run_dir)
-    _guarded(run_pipeline, recipe, run_, until="train")
+    spec, overrides = _split_args(args)
+    one_off = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] == "generate"]
+    kept = [o for o in overrides if o not in one_off]
+    recipe, run_ = _guarded(_resolve, ([spec] if spec else []) + kept, run_dir, None, force_run)
+    from kiln.stage_graph import model_chain
+
+    if getattr(recipe.tokens, "synthetic", None) is not None:
+        _fail("generate: a run on synthetic tokens (tokens.synthetic) has no tokenizer to encode prompts with")
+    # up to the last model stage (train, or a post stage); recipe.yaml is rewritten only if `kept` changed it
+    _guarded(run_pipeline, recipe, run_, until=model_chain(recipe)[-1])
+    if checkpoint is not None and not (checkpoint / "model.safetensors").is_file():
+        _fail(f"--checkpoint {checkpoint}: not a checkpoint folder (no model.safetensors); checkpoints are "
+              f"{run_.stage('train') / 'checkpoints'}/step-N")
+    sampling = _guarded(with_overrides, recipe, one_off, "generate overrides").generate
     updates = {"prompts": prompt, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k,
-               "top_p": top_p}
-    cfg = _guarded(recipe.generate.model_validate,
-                   {**recipe.generate.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
-    for row in _guarded(sample, run_, cfg, resolve_device(recipe.train.device)):
+               "top_p": top_p, "seed": seed}
+    cfg = _guarded(sampling.model_validate,
+                   {**sampling.model_dump(), **{k: v for k, v in updates.items() if v is not None}})
+    for row in _guarded(sample, run_, cfg, resolve_device(recipe.train.device), recipe, checkpoint):
         out.rule(f"[bold]{row['prompt']!r}")
         out.print(row["text"], highlight=False, markup=False)
 
@@ -193,7 +296,8 @@ def export(run_: Annotated[Path, typer.Argument(metavar="RUN", help="run directo
 
     from kiln.model.hf import ExportError
     from kiln.model.hf_remote import export_auto
-    from kiln.train.checkpoint import latest_checkpoint, load_model
+    from kiln.stages import final_checkpoint
+    from kiln.train.checkpoint import load_model
 
     if format_ != "hf":
         _fail(f"--format {format_}: unknown; formats are: hf")
@@ -202,7 +306,10 @@ def export(run_: Annotated[Path, typer.Argument(metavar="RUN", help="run directo
     if not run_.exists() and (Path("runs") / run_).is_dir():
         run_ = Path("runs") / run_
     run_dir = RunDir(run_)
-    ckpt = checkpoint or latest_checkpoint(run_dir.stage("train") / "checkpoints")
+    try:  # the newest checkpoint of the last model stage (train, or a post stage after it)
+        ckpt = checkpoint or final_checkpoint(run_dir)
+    except (FileNotFoundError, RunError, RecipeError):
+        ckpt = None
     if ckpt is None:
         _fail(f"{run_}: no checkpoint; train the run first (or give --checkpoint)")
     model = _guarded(load_model, ckpt)
@@ -228,12 +335,22 @@ recipe_app = typer.Typer(help="Inspect recipes.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
 
-@recipe_app.command("show")
+@recipe_app.command("show", epilog=OVERRIDES)
 def recipe_show(args: Args = None) -> None:
-    """Validate a recipe with overrides and print the resolved YAML."""
+    """Validate a recipe with overrides and print the resolved YAML (each source shows the fields its kind reads)."""
     spec, overrides = _split_args(args)
     recipe = _guarded(load_recipe, spec, overrides)
     out.print(recipe.to_yaml(), highlight=False, markup=False)
+    _warn(recipe)
+
+
+@recipe_app.command("explain")
+def recipe_explain(field: Annotated[str | None, typer.Argument(
+        help="a field or section path: train.lr, train, corpus.sources.kind, corpus.steps.minhash")] = None) -> None:
+    """Document a recipe field (type, default, allowed values, description) or list a section's fields."""
+    from kiln.recipe_help import explain
+
+    out.print(_guarded(explain, field or ""), highlight=False, markup=False)
 
 
 @recipe_app.command("list")

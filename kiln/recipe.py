@@ -8,16 +8,18 @@ section's canonical JSON is part of the stage fingerprint.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from kiln.corpus.steps.registry import StepSpec
-from kiln.section import Section, fingerprint_of  # noqa: F401 - re-exported: kiln.recipe.Section, fingerprint_of
+from kiln.section import NOT_FINGERPRINTED, Section, fingerprint_of  # noqa: F401 - re-exported: Section, fingerprint_of
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class RecipeError(ValueError):
@@ -25,6 +27,14 @@ class RecipeError(ValueError):
 
 
 # ----------------------------------------------------------------------------- corpus
+
+
+SOURCE_FIELD_KINDS: dict[str, tuple[str, ...]] = {  # source fields that only some kinds read
+    "path": ("jsonl", "parquet", "txt"),
+    "text_field": ("jsonl", "parquet"),
+    "id_field": ("jsonl", "parquet"),
+    "editions": ("shakespeare",),
+}
 
 
 class SourceConfig(Section):
@@ -43,6 +53,18 @@ class SourceConfig(Section):
         if self.kind in ("jsonl", "parquet", "txt") and not self.path:
             raise ValueError(f"source kind '{self.kind}' needs a `path`")
         return self
+
+    def unused_fields(self) -> list[str]:
+        """Fields this source's ``kind`` does not read (``editions`` of a ``txt`` folder, ...)."""
+        return [f for f, kinds in SOURCE_FIELD_KINDS.items() if self.kind not in kinds]
+
+    def shown(self) -> dict[str, Any]:
+        """The source as JSON without the fields its kind does not read, unless set off their default."""
+        data = self.model_dump(mode="json")
+        for f in self.unused_fields():
+            if getattr(self, f) == type(self).model_fields[f].get_default(call_default_factory=True):
+                del data[f]
+        return data
 
 
 class CorpusConfig(Section):
@@ -67,10 +89,18 @@ class CorpusConfig(Section):
     on_error: Literal["stop", "skip"] = Field(
         "stop", description="a step raising on one document: stop (error naming step and id) or skip and count it")
     executor: Literal["local", "ray", "slurm"] = Field(
-        "local", description="per-document steps: local process pool, or datatrove's Ray / Slurm executor")
-    workers: int = Field(1, ge=1, description="local: processes; ray/slurm: tasks (shards)")
+        "local", description="per-document steps: local process pool, or datatrove's Ray / Slurm executor",
+        json_schema_extra=NOT_FINGERPRINTED)
+    workers: int = Field(1, ge=1, description="local: processes; ray/slurm: tasks (shards)",
+                         json_schema_extra=NOT_FINGERPRINTED)
     executor_args: dict[str, Any] = Field(
-        default_factory=dict, description="ray/slurm: extra arguments of datatrove's executor (slurm: partition, time)")
+        default_factory=dict, description="ray/slurm: extra arguments of datatrove's executor (slurm: partition, time)",
+        json_schema_extra=NOT_FINGERPRINTED)
+    shard_docs: int | None = Field(
+        None, ge=1, description="streaming stage: cut the read documents into shards of at most this many documents")
+    shard_bytes: int | None = Field(
+        64 * 2**20, ge=1, description="streaming stage: shards hold at most this many bytes of text (a shard ends "
+        "at whichever limit comes first; None = no limit); memory per worker grows with it, not with the corpus")
 
 
 # ----------------------------------------------------------------------------- tokenizer / tokens
@@ -82,8 +112,65 @@ class TokenizerConfig(Section):
     min_frequency: int = Field(2, ge=1)
 
 
+N_RESERVED_IDS = 113  # kiln.tokenizer.special.SPECIAL_TOKENS: ids below this are special tokens
+
+
+class SyntheticSource(Section):
+    """``tokens.synthetic``: token sequences from a seeded generator (kiln/data/synthetic.py) instead of corpus ->
+    tokenizer -> tokens. Ids below 113 are the special tokens; data symbols are ``113 .. vocab_size - 1``."""
+
+    vocab_size: int = Field(256, le=2**16, description="token ids in all, the 113 special ids included")
+    n_train: int = Field(4096, ge=1, description="training documents")
+    n_val: int = Field(256, ge=1, description="validation documents")
+    seed: int = 0
+
+    def n_symbols(self) -> int:
+        return self.vocab_size - N_RESERVED_IDS
+
+
+class MarkovSource(SyntheticSource):
+    """A random first-order Markov chain (rows drawn from a Dirichlet); its entropy rate is the optimum."""
+
+    generator: Literal["markov"]
+    doc_len: int = Field(128, ge=2, description="data tokens per document (plus <|bos|> and <|eos|>)")
+    concentration: float = Field(0.1, gt=0, description="Dirichlet concentration of each transition row: "
+                                 "smaller = more predictable chain")
+
+    @model_validator(mode="after")
+    def _symbols(self) -> MarkovSource:
+        if not 2 <= self.n_symbols() <= 4096:
+            raise ValueError(f"markov needs 2 to 4096 data symbols: vocab_size in [{N_RESERVED_IDS + 2}, "
+                             f"{N_RESERVED_IDS + 4096}], got {self.vocab_size}")
+        return self
+
+
+class RecallSource(SyntheticSource):
+    """Associative recall: ``n_pairs`` key-value pairs, then ``n_queries`` of those keys, each followed by its value."""
+
+    generator: Literal["associative_recall"]
+    n_keys: int = Field(32, ge=2, description="key symbols (the other data symbols are values)")
+    n_pairs: int = Field(8, ge=1, description="distinct keys, each with a value, per document")
+    n_queries: int = Field(4, ge=1, description="queried keys per document (drawn from its pairs)")
+
+    @model_validator(mode="after")
+    def _symbols(self) -> RecallSource:
+        if self.n_pairs > self.n_keys:
+            raise ValueError(f"n_pairs ({self.n_pairs}) must be <= n_keys ({self.n_keys}): keys are distinct")
+        if self.n_symbols() - self.n_keys < 2:
+            raise ValueError(f"vocab_size {self.vocab_size} leaves {self.n_symbols() - self.n_keys} value symbols "
+                             f"after {N_RESERVED_IDS} special ids and {self.n_keys} keys; need >= 2")
+        return self
+
+
 class TokensConfig(Section):
     dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    workers: int = Field(0, ge=0, description="processes encoding corpus parts in parallel; 0 = auto (one per core "
+                         "when there are >= 2 parts per core, else 1); 1 = this process (the Rust encoder still uses "
+                         "every core); same output either way",
+                         json_schema_extra=NOT_FINGERPRINTED)
+    synthetic: MarkovSource | RecallSource | None = Field(
+        None, discriminator="generator", description="generated token sequences instead of corpus -> tokenizer -> "
+        "tokens (generator: markov | associative_recall; kiln/data/synthetic.py)")
 
 
 # ----------------------------------------------------------------------------- batches / model
@@ -99,6 +186,15 @@ class DataConfig(Section):
     seed: int = 0
 
 
+class RopeScalingConfig(Section):
+    """``model.rope_scaling`` (kiln/model/config.py ``rope_theta``): ``base`` multiplies the RoPE base by
+    factor^(d/(d-2)) (NTK-aware; exported to Hugging Face as ``rope_theta``), ``linear`` divides positions by
+    the factor (position interpolation; not exportable)."""
+
+    type: Literal["base", "linear"]
+    factor: float = Field(gt=0)
+
+
 class ModelConfig(Section):
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
@@ -109,8 +205,9 @@ class ModelConfig(Section):
     tie_embeddings: bool = True
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
-    attention_backend: Literal["auto", "sdpa", "flex"] = Field(
-        "auto", description="document masks: auto = FlexAttention on CUDA, boolean-mask SDPA elsewhere")
+    attention_backend: Literal["auto", "sdpa", "flex", "eager"] = Field(
+        "auto", description="attention kernel (kiln/model/backends.py): auto = FlexAttention document masks on "
+        "CUDA, boolean-mask SDPA elsewhere; eager = plain softmax (the one that returns attention maps)")
     attention: Literal["causal", "bidirectional", "prefix"] = Field(
         "causal", description="default mask: decoder, encoder, or prefix-LM (objectives may pass their own)")
     norm: Literal["pre", "post", "mix"] = Field(
@@ -118,9 +215,19 @@ class ModelConfig(Section):
     mix_alpha: float = Field(0.25, ge=0, le=1)
     positions: Literal["rope", "learned", "none"] = Field(
         "rope", description="rope, learned absolute embeddings, or none (MP3)")
+    rope_scaling: RopeScalingConfig | None = Field(
+        None, description="RoPE scaling: base = NTK-aware base change, linear = position interpolation")
+    masked_heads: list[tuple[int, int]] = Field(
+        default_factory=list, description="(layer, head) pairs whose attention output is zeroed in every forward")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
+        bad = [p for p in self.masked_heads if not (0 <= p[0] < self.n_layer and 0 <= p[1] < self.n_head)]
+        if bad:
+            raise ValueError(f"masked_heads {bad}: layer must be < n_layer ({self.n_layer}), head < n_head "
+                             f"({self.n_head})")
+        if self.rope_scaling is not None and self.positions != "rope":
+            raise ValueError(f"rope_scaling needs positions: rope (positions is {self.positions!r})")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         kv = self.n_kv_head or self.n_head
@@ -145,7 +252,8 @@ class TrainConfig(Section):
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = Field(50, ge=0, description="clamped to steps - 1")
+    warmup_steps: int = Field(50, ge=0, description="linear warm-up; capped at steps // 2 (with a warning) so a "
+                              "short run still decays")
     decay_fraction: float = Field(0.2, gt=0, le=1, description="WSD: final fraction of steps spent decaying")
     weight_decay: float = Field(0.1, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -173,6 +281,30 @@ class TrainConfig(Section):
         "fault (handled as on_nonfinite); None = no spike guard")
     spike_window: int = Field(32, ge=2, description="accepted losses the spike guard's median is taken over")
     max_faults: int = Field(10, ge=0, description="skips + rollbacks allowed in one run before stopping")
+    callbacks: list[dict[str, Any]] = Field(
+        default_factory=list, description="trainer callbacks, in order: [{name: param_norm}, {name: magnitude_mask, "
+        "sparsity: 0.5}]; a registered name or package.module:Class (kiln/train/callbacks.py)")
+    init_from: str | None = Field(
+        None, description="start the weights from this kiln checkpoint, run directory or export (same "
+        "architecture as the model section); None = random init")
+
+    @field_validator("objective_args")
+    @classmethod
+    def _objective_args_fit(cls, args: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from kiln.objectives.spec import check_objective_args  # torch-free
+
+        if "objective" in info.data:  # else the objective itself was invalid and is reported
+            check_objective_args(info.data["objective"], args, where="")
+        return args
+
+    @field_validator("callbacks")
+    @classmethod
+    def _callbacks_resolve(cls, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from kiln.train.callbacks import validate_spec  # torch-free
+
+        for i, spec in enumerate(specs):
+            validate_spec(spec, where=f".{i}")
+        return specs
 
 
 class ParallelConfig(Section):
@@ -195,7 +327,8 @@ class EvalConfig(Section):
 
 
 class GenerateConfig(Section):
-    prompts: list[str] = Field(default_factory=lambda: ["ROMEO.", "To be, or not to be"])
+    prompts: list[str] = Field(default_factory=list, description="prompts to continue; empty = the opening "
+                               "words of the first two validation documents (the run's own held-out text)")
     max_new_tokens: int = Field(120, ge=1)
     temperature: float = Field(0.8, ge=0)
     top_k: int | None = Field(50, ge=1)
@@ -208,7 +341,8 @@ class ReportConfig(Section):
 
 
 class Recipe(Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field("run", pattern=NAME_PATTERN, description="the run folder is runs/<name>; default: the recipe "
+                      "file's stem (recipes/curation.yaml -> curation), 'run' without a file")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     tokens: TokensConfig = Field(default_factory=TokensConfig)
@@ -221,7 +355,19 @@ class Recipe(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The resolved recipe as YAML; each source shows only the fields its kind reads (loads back equal)."""
+        data = self.model_dump(mode="json")
+        data["corpus"]["sources"] = [src.shown() for src in self.corpus.sources]
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def warnings(self) -> list[str]:
+        """Settings that are valid but will not do what they suggest (printed by the CLI before a run)."""
+        from kiln.train.optim import schedule_warnings
+
+        notes = [f"corpus.sources.{i}.{f} is set but a '{src.kind}' source does not read it (used by "
+                 f"{', '.join(SOURCE_FIELD_KINDS[f])}); it is ignored"
+                 for i, src in enumerate(self.corpus.sources) for f in src.unused_fields() if f in src.shown()]
+        return notes + schedule_warnings(self.train)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -235,6 +381,9 @@ def _format_errors(err: ValidationError, origin: str) -> str:
         loc = [p for i, p in enumerate(loc) if not (i >= 2 and loc[i - 2] == "steps" and isinstance(loc[i - 1], int))]
         path = ".".join(str(p) for p in loc) or "<root>"
         msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(".") and ": " in msg:  # a validator naming a key inside its field: ".key: message"
+            sub, msg = msg.split(": ", 1)
+            path += sub
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         got = e.get("input")
@@ -281,6 +430,24 @@ def resolve_recipe_path(spec: str | Path) -> Path:
     raise RecipeError(f"recipe '{spec}' not found: not a file, and not a built-in recipe ({names})")
 
 
+def with_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...], origin: str = "overrides") -> Recipe:
+    """A validated copy of ``recipe`` with dotted overrides applied (``recipe`` itself is unchanged)."""
+    tree = recipe.model_dump(mode="json")
+    for ov in overrides:
+        apply_override(tree, ov)
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, origin)) from None
+
+
+def default_name(path: Path) -> str:
+    """A recipe without ``name:`` is named after its file (``my-corpus.yaml`` -> ``my-corpus``), so every
+    recipe file gets its own run folder ``runs/<name>``."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).lstrip("._-")
+    return name or "run"
+
+
 def load_recipe(spec: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Load a recipe file (or built-in name), apply overrides, validate. Raises RecipeError."""
     tree: dict = {}
@@ -295,6 +462,7 @@ def load_recipe(spec: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is not None and not isinstance(loaded, dict):
             raise RecipeError(f"{path}: expected a mapping of sections at the top level")
         tree = loaded or {}
+        tree.setdefault("name", default_name(path))
     for ov in overrides:
         apply_override(tree, ov)
     try:

@@ -58,17 +58,26 @@ def reference_run(tmp_path_factory):
     return run.root, held, pydocs
 
 
-def test_shakespeare_scores_better_than_junk(reference_run):
+# Per junk kind, not pooled: a pooled AUC can pass while one kind (word-shuffled Shakespeare, the hardest: same
+# words, same unigram statistics) is ranked at chance. Bars sit below the measured values (see docs/methods.md).
+AUC_BARS = {"chars": 0.99, "shuffled": 0.85, "pydocs": 0.95}  # measured 1.0, 0.9225, 0.9888
+
+
+def test_shakespeare_scores_better_than_each_junk_kind(reference_run):
     root, held, pydocs = reference_run
     ref = ReferenceModel.load(root)
     good = ref.bits_per_byte(held[:40], max_tokens=512)
     junk_texts = _junk(held[40:] + held, pydocs, 20)
     junk = ref.bits_per_byte(junk_texts, max_tokens=512)
-    auc = roc_auc(-good, -junk)  # lower bits per byte = more Shakespeare-like
-    names = ("chars", "shuffled", "pydocs")
-    kinds = {name: round(float(np.mean(junk[i * 20 : (i + 1) * 20])), 3) for i, name in enumerate(names)}
-    print(f"perplexity AUC shakespeare vs junk: {auc:.4f}; mean bpb shakespeare {good.mean():.3f}, junk {kinds}")
-    assert auc >= 0.95
+    aucs, means = {}, {}
+    for i, name in enumerate(AUC_BARS):
+        kind = junk[i * 20 : (i + 1) * 20]
+        aucs[name] = roc_auc(-good, -kind)  # lower bits per byte = more Shakespeare-like
+        means[name] = round(float(np.mean(kind)), 3)
+    print(f"perplexity AUC shakespeare vs each junk kind: { {k: round(v, 4) for k, v in aucs.items()} }; "
+          f"mean bpb shakespeare {good.mean():.3f}, junk {means}")
+    failed = {k: v for k, v in aucs.items() if v < AUC_BARS[k]}
+    assert not failed, f"AUC below its bar {AUC_BARS}: {failed}"
 
 
 def test_step_keeps_the_band_and_resolves_paths(reference_run):

@@ -38,5 +38,5 @@ def test_unigram_baseline(tmp_path):
     pq.write_table(pa.table({"text": ["abab" * 100]}), tmp_path / "train.parquet")
     pq.write_table(pa.table({"text": ["ab"]}), tmp_path / "val.parquet")
     # two equally frequent bytes (200 each) with add-one smoothing over 256 symbols
-    bpb = unigram_bpb(tmp_path / "train.parquet", tmp_path / "val.parquet")
+    bpb = unigram_bpb(tmp_path)  # the legacy single-file layout of the corpus folder
     assert bpb == pytest.approx(-math.log2(201 / (400 + 256)))

@@ -48,9 +48,9 @@ def test_edited_tokenizer_is_refused_downstream(prepared, run):
 
 
 def test_truncated_shard_is_refused(prepared, run):
-    path = run.stage("tokens") / "train.bin"
+    path = run.stage("tokens") / "train-00000.bin"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(RunError, match=r"train\.bin has \d+ bytes, the stage wrote \d+"):
+    with pytest.raises(RunError, match=r"train-00000\.bin has \d+ bytes, the stage wrote \d+"):
         rerun(prepared, run, force=("train",))
     manifest = json.loads((run.stage("tokens") / "manifest.json").read_text())
     manifest.pop("files")  # a manifest from before file records: the shard reader still refuses
@@ -58,18 +58,18 @@ def test_truncated_shard_is_refused(prepared, run):
     with pytest.raises(ShardError, match="truncated or mismatched"):
         rerun(prepared, run, force=("train",))
     with pytest.raises(ShardError, match="truncated"):
-        TokenShard(run.stage("tokens") / "train")
+        TokenShard(run.stage("tokens") / "train-00000")
 
 
 def test_shard_index_with_wrong_offsets_is_refused(run):
-    idx = run.stage("tokens") / "val.idx.npy"
+    idx = run.stage("tokens") / "val-00000.idx.npy"
     import numpy as np
 
     offsets = np.load(idx)
     offsets[-1] += 1
     np.save(idx, offsets)
     with pytest.raises(ShardError, match="inconsistent"):
-        TokenShard(run.stage("tokens") / "val")
+        TokenShard(run.stage("tokens") / "val-00000")
 
 
 @pytest.mark.parametrize("missing", ["optimizer.pt", "model.safetensors", "trainer_state.json"])
@@ -119,6 +119,6 @@ def test_corrupt_manifest_is_a_clear_error(prepared, run):
 
 
 def test_deleted_corpus_file_is_refused(prepared, run):
-    (run.stage("corpus") / "val.parquet").unlink()
-    with pytest.raises(RunError, match=r"val\.parquet is missing"):
+    (run.stage("corpus") / "val-00000.parquet").unlink()
+    with pytest.raises(RunError, match=r"val-00000\.parquet is missing"):
         rerun(prepared, run, until="tokens", force=("tokenizer",))

@@ -71,7 +71,7 @@ def _limit_file_size(limit: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("limit", "stage", "file"), [(60_000, "tokens", "train.bin"),
+@pytest.mark.parametrize(("limit", "stage", "file"), [(60_000, "tokens", "train-00000.bin"),
                                                       (300_000, "train", "step-000010")])
 def test_file_size_limit_is_a_clear_error_and_the_rerun_recovers(reference, tmp_path, limit, stage, file):
     corpus, clean = reference

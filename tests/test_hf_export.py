@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402 - a [test] dependency: missing means a broken install, which must fail, not skip
 
 from kiln.cli import app  # noqa: E402
 from kiln.infer.generate import generate  # noqa: E402
@@ -24,13 +24,9 @@ from kiln.model.hf import ExportError, export_hf, llama_incompatibilities  # noq
 from kiln.model.hf_import import load_llama  # noqa: E402
 from kiln.model.hf_remote import choose_architecture, export_auto, remote_incompatibilities  # noqa: E402
 from kiln.model.io import save_pretrained  # noqa: E402
-from kiln.recipe import load_recipe  # noqa: E402
-from kiln.run import RunDir  # noqa: E402
-from kiln.stages import run_pipeline  # noqa: E402
 from kiln.tokenizer.special import BOS, EOS, MASK, PAD, SPECIAL_IDS  # noqa: E402
 from kiln.tokenizer.train import load_tokenizer  # noqa: E402
 from kiln.train.checkpoint import latest_checkpoint, load_model  # noqa: E402
-from tests.synthetic import tiny_overrides, write_jsonl_corpus  # noqa: E402
 
 TEXTS = ["King and queen", "  leading spaces\tand tabs\n\nnewlines ", "naïve café — ünïcödé 日本語 🙂",
          "", "a", "Sleep. Dream!  Wake?", "<|bos|> is special, <|eos|> too"]
@@ -49,12 +45,8 @@ def random_model(kv: int, tied: bool, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hfrun")
-    corpus = write_jsonl_corpus(root / "docs.jsonl", n_docs=60)
-    run = RunDir(root / "run")
-    run_pipeline(load_recipe("demo", tiny_overrides(corpus, steps=10)), run, until="train")
-    return run
+def tiny_run(tiny_trained):
+    return tiny_trained.run  # the session's shared tiny run (tests/conftest.py); read-only
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +116,7 @@ def test_refuses_configs_without_a_llama_twin():
 
 
 def test_extra_heads_are_left_out(tmp_path):
-    if "heads" not in {f.name for f in dataclasses.fields(TransformerConfig)}:
-        pytest.skip("this kiln has no extra heads")
+    assert "heads" in {f.name for f in dataclasses.fields(TransformerConfig)}  # a case that cannot be built fails
     model = TransformerConfig(vocab_size=300, max_seq_len=64, n_layer=2, n_head=2, d_model=32,
                               heads={"mlm": {}}).build()
     summary = export_hf(model, tmp_path, verify=True)

@@ -44,13 +44,18 @@ def test_full_pipeline_then_skip(tmp_path, corpus):
     assert all(before[n] == after[n] for n in ORDER if n != "report")
 
 
-def test_changed_config_reruns_downstream_only(tmp_path, corpus):
+def test_changed_config_reruns_downstream_only(tmp_path, corpus, logs):
     run = RunDir(tmp_path / "run")
     run_pipeline(load_recipe("demo", tiny_overrides(corpus, steps=4)), run, until="tokens")
     tok_fp = run.manifest("tokenizer")["fingerprint"]
     corpus_manifest = run.manifest("corpus")
+    logs.readouterr()
     run_pipeline(load_recipe("demo", tiny_overrides(corpus, steps=4) + ["tokenizer.vocab_size=600"]), run,
                  until="tokens")
+    err = " ".join(logs.readouterr().err.split())  # each rebuilt stage says why
+    assert "corpus: up to date" in err
+    assert "tokenizer: config tokenizer.vocab_size: 512 -> 600, rebuilding" in err
+    assert "tokens: input tokenizer changed, rebuilding" in err
     assert run.manifest("corpus") == corpus_manifest  # untouched
     assert run.manifest("tokenizer")["fingerprint"] != tok_fp
     assert run.manifest("tokens")["inputs"]["tokenizer"] == run.manifest("tokenizer")["fingerprint"]

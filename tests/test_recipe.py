@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from kiln.recipe import Recipe, RecipeError, apply_override, load_recipe, resolve_recipe_path
 
@@ -69,3 +70,44 @@ def test_resolved_yaml_round_trips(tmp_path):
     p = tmp_path / "resolved.yaml"
     p.write_text(r.to_yaml())
     assert load_recipe(p) == r
+
+
+def test_sources_show_only_the_fields_their_kind_reads_and_round_trip(tmp_path):
+    r = load_recipe(None, [f"corpus.sources=[{{kind: txt, path: '{tmp_path}'}}, {{kind: shakespeare}}, "
+                           f"{{kind: jsonl, path: a.jsonl, editions: [modern]}}]"])
+    txt, shakespeare, jsonl = yaml.safe_load(r.to_yaml())["corpus"]["sources"]
+    assert "editions" not in txt and "text_field" not in txt and "id_field" not in txt
+    assert "path" not in shakespeare and "text_field" not in shakespeare and shakespeare["editions"]
+    assert jsonl["editions"] == ["modern"] and jsonl["text_field"] == "text"  # set off its default: kept
+    p = tmp_path / "resolved.yaml"
+    p.write_text(r.to_yaml())
+    assert load_recipe(p) == r
+    assert r.warnings() == ["corpus.sources.2.editions is set but a 'jsonl' source does not read it (used by "
+                            "shakespeare); it is ignored"]
+
+
+def test_recipe_name_defaults_to_the_file_stem(tmp_path):
+    p = tmp_path / "corpus-a.yaml"
+    p.write_text("tokenizer: {vocab_size: 1024}\n")
+    assert load_recipe(p).name == "corpus-a" and load_recipe("curation").name == "curation"
+    assert load_recipe("demo").name == "demo"  # an explicit name: is kept
+
+
+def test_readme_minimal_recipes_are_valid(tmp_path):
+    """The README's minimal recipes (own txt folder, own JSONL) load, validate and get their own run folders."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("**Your own text: a minimal recipe.**")[1].split("**Stages.**")[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    kinds = []
+    for block, stem in zip(blocks, ("notes", "articles"), strict=True):
+        p = tmp_path / f"{stem}.yaml"
+        p.write_text(block)
+        r = load_recipe(p)
+        assert r.name == stem and f"runs/{stem}" in block
+        assert r.warnings() == []
+        kinds.append(r.corpus.sources[0].kind)
+    assert kinds == ["txt", "jsonl"]

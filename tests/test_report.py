@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from kiln.report import plots
 from kiln.report.build import build_report
 
 STAGES = ("corpus", "tokenizer", "tokens", "train", "eval")
@@ -130,3 +131,86 @@ def test_malformed_artifact_only_costs_its_section(tmp_path: Path) -> None:
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "could not read this section" in page and "JSONDecodeError" in page
     assert "50.0% lower" in page
+
+
+def test_val_numbers_say_which_validation_they_cover(tmp_path: Path) -> None:
+    """The summary card (eval stage, whole split) and the training table (first train.eval_sequences) differ:
+    each names what it covers (issue 12, point 2: 3.064 vs 2.945 shown unlabelled)."""
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    _fake_run(run)
+    _write(run / "eval" / "metrics.json", {"val_loss": 2.1, "val_bpb": 3.064, "sequences": 412})
+    build_report(run, out, eval_sequences=64)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    card = next(line for line in md.splitlines() if "3.064" in line)
+    assert "eval stage, 412 validation sequences" in card
+    best = next(line for line in md.splitlines() if "best val bits / byte" in line)
+    assert "first 64 validation sequences" in best and "1.8" in best  # min of the training-time rows
+    assert "train.eval_sequences" in md
+
+
+def test_summary_without_eval_says_it_is_a_training_validation(tmp_path: Path) -> None:
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    _fake_run(run)
+    (run / "eval" / "metrics.json").unlink()
+    build_report(run, out, eval_sequences=None)
+    card = next(line for line in (out / "report.md").read_text().splitlines() if "val bits / byte" in line)
+    assert "last training validation, step 20, all validation sequences" in card
+
+
+def test_report_samples_limits_the_samples_shown(tmp_path: Path) -> None:
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    _fake_run(run)
+    rows = [{"prompt": f"prompt {i}.", "text": f"prompt {i}. continued"} for i in range(5)]
+    _write(run / "generate" / "samples.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    build_report(run, out, samples=2)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "prompt 1." in md and "prompt 2." not in md
+    assert "3 more in generate/samples.jsonl (report.samples = 2)" in md
+    build_report(run, out, samples=0)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "prompt 0." not in md and "none shown (report.samples = 0)" in md
+
+
+def test_funnel_bytes_axis_ticks_in_the_bar_labels_units() -> None:
+    fig = plots.funnel_figure(["a", "b"], [3, 0], removed_bytes=[54_321, 1_200])
+    fig.canvas.draw()
+    ticks = [t.get_text() for t in fig.axes[1].get_xticklabels() if t.get_text()]
+    assert ticks and all(t == "0" or t.endswith(("B", "kB")) for t in ticks), ticks
+    assert any(t.endswith("kB") for t in ticks), ticks
+    bars = [t.get_text() for t in fig.axes[1].texts]
+    assert "54.3 kB" in bars and "1.2 kB" in bars
+
+
+def test_examples_of_a_step_that_only_changed_documents_say_so(tmp_path: Path) -> None:
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    example = {"id": "d1", "reason": "unicode NFC", "text": "caf\u0065\u0301"}
+    step = {"step": "normalize", "docs_in": 10, "docs_out": 10, "docs_removed": 0, "docs_changed": 3,
+            "bytes_removed": 3, "examples": [example] * 3}
+    _write(run / "corpus" / "funnel.json", {"steps": [step]})
+    build_report(run, out)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "normalize: 3 example(s) of documents it changed (text before the change)" in md
+    assert "of what it removed" not in md
+
+
+def test_report_stage_passes_the_recipes_report_and_validation_settings(tmp_path: Path) -> None:
+    """The pipeline's report stage reads report.samples and train.eval_sequences from the recipe."""
+    from kiln.recipe import load_recipe
+    from kiln.run import RunDir
+    from kiln.stage_graph import STAGES as GRAPH
+    from kiln.stages import GOAL
+
+    run = RunDir(tmp_path / "run")
+    _fake_run(run.root)
+    rows = [{"prompt": f"prompt {i}.", "text": f"prompt {i}. continued"} for i in range(4)]
+    _write(run.root / "generate" / "samples.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    GRAPH[GOAL].fn(load_recipe("demo", ["report.samples=1", "train.eval_sequences=7"]), run, out)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "prompt 0." in md and "prompt 1." not in md and "3 more in generate/samples.jsonl" in md
+    assert "best val bits / byte (first 7 validation sequences)" in md

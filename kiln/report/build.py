@@ -2,6 +2,10 @@
 
 Every input is optional. A stage that has not run yields a section saying "not run"; a malformed
 artifact yields a section naming the error, never an exception.
+
+Validation numbers come from two places and say which: the summary card is the eval stage's (its
+``sequences`` count, the whole split unless ``eval.max_sequences``), the training section's are the
+training-time validations, over the first ``train.eval_sequences`` sequences of the same split.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +41,18 @@ from kiln.report.render import (
 
 STAGES = ("corpus", "tokenizer", "tokens", "train", "eval", "generate")
 MAX_EXAMPLES = 3  # removed-document examples shown per funnel step
-MAX_SAMPLES = 20
 MAX_CHARS = 1500  # longest text shown for one example
 
-Inputs = tuple[Path, Path, list[dict[str, Any]]]  # run_dir, out_dir, metrics rows
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every section reads: the run, where plots go, the metrics rows and the report options."""
+
+    run_dir: Path
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    samples: int = 3  # report.samples: generated samples shown
+    eval_sequences: int | None = None  # train.eval_sequences: validation sequences of a training-time validation
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -115,12 +128,26 @@ def _kind(rows: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 # --- sections --------------------------------------------------------------------------------
 
 
+def _training_val_coverage(inp: Inputs) -> str:
+    """Which validation sequences a training-time validation covered, in words."""
+    k = inp.eval_sequences
+    return "all validation sequences" if k is None else f"first {fmt(k)} validation sequences"
+
+
+def _eval_coverage(ev: dict[str, Any]) -> str:
+    n = ev.get("sequences")
+    return f"eval stage, {fmt(n)} validation sequences" if isinstance(n, int) else "eval stage"
+
+
 def summary(inp: Inputs) -> list[Block]:
-    run_dir, _, rows = inp
+    run_dir, rows = inp.run_dir, inp.rows
     ev = _json(run_dir / "eval" / "metrics.json") or {}
     val, train = _kind(rows, "val"), _kind(rows, "train")
     last_val = val[-1] if val else {}
+    from_eval = "val_bpb" in ev or "val_loss" in ev
     bpb, loss = ev.get("val_bpb", last_val.get("val_bpb")), ev.get("val_loss", last_val.get("val_loss"))
+    where = _eval_coverage(ev) if from_eval else \
+        f"last training validation, step {fmt(last_val.get('step'))}, {_training_val_coverage(inp)}"
     uni = ev.get("unigram_bpb")
     stats = _stats(run_dir, "train")
     params = stats.get("n_params")
@@ -129,14 +156,14 @@ def summary(inp: Inputs) -> list[Block]:
         tokens = train[-1].get("tokens")
     cards = []
     if bpb is not None:
-        note = "final validation"
+        note = where
         if isinstance(uni, (int, float)) and isinstance(bpb, (int, float)) and uni > 0:
-            note = f"unigram baseline {fmt(uni)} ({100 * (1 - bpb / uni):.1f}% lower)"
+            note += f"; unigram baseline {fmt(uni)} ({100 * (1 - bpb / uni):.1f}% lower)"
         cards.append(("val bits / byte", fmt(bpb), note))
     if loss is not None:
         what = ev.get("val_objective") or last_val.get("val_objective")
         cards.append((f"val {what} loss" if what else "val loss", fmt(loss),
-                      "nats / target (encoder objective)" if what else "nats / token"))
+                      ("nats / target (encoder objective)" if what else "nats / token") + f"; {where}"))
     if params is not None:
         cards.append(("parameters", human(params), fmt(params)))
     if tokens is not None:
@@ -145,7 +172,7 @@ def summary(inp: Inputs) -> list[Block]:
 
 
 def stages(inp: Inputs) -> list[Block]:
-    run_dir = inp[0]
+    run_dir = inp.run_dir
     rows: list[list[Any]] = []
     for stage in STAGES:
         m = _json(run_dir / stage / "manifest.json")
@@ -160,7 +187,7 @@ def stages(inp: Inputs) -> list[Block]:
 
 
 def corpus(inp: Inputs) -> list[Block]:
-    run_dir, out_dir, _ = inp
+    run_dir, out_dir = inp.run_dir, inp.out_dir
     funnel = _json(run_dir / "corpus" / "funnel.json")
     if not isinstance(funnel, dict):
         return _not_run("corpus/funnel.json")
@@ -196,14 +223,24 @@ def corpus(inp: Inputs) -> list[Block]:
         for e in ex:
             inner += [Text(f"{e.get('id', '?')} — {e.get('reason', '')}"), Code(_clip(e.get("text", "")))]
         if inner:
-            examples.append(Details(f"{s.get('step', '?')}: {len(ex)} example(s) of what it removed", inner))
+            examples.append(Details(f"{s.get('step', '?')}: {len(ex)} example(s) of {_what_it_did(s)}", inner))
     if examples:
-        blocks += [Heading("What each step removed"), *examples]
+        blocks += [Heading("What each step removed or changed"), *examples]
     return blocks
 
 
+def _what_it_did(step: dict[str, Any]) -> str:
+    """How a funnel step's examples relate to it: documents it removed, or changed (shown before the change)."""
+    removed, changed = step.get("docs_removed") or 0, step.get("docs_changed") or 0
+    if changed and not removed:
+        return "documents it changed (text before the change)"
+    if changed and removed:
+        return "documents it removed or changed (text before any change)"
+    return "what it removed"
+
+
 def tokens(inp: Inputs) -> list[Block]:
-    stats = _stats(inp[0], "tokens")
+    stats = _stats(inp.run_dir, "tokens")
     if not stats:
         return _not_run("tokens/manifest.json")
     rows = []
@@ -219,7 +256,7 @@ def tokens(inp: Inputs) -> list[Block]:
 
 
 def training(inp: Inputs) -> list[Block]:
-    _, out_dir, rows = inp
+    out_dir, rows = inp.out_dir, inp.rows
     train, val = _kind(rows, "train"), _kind(rows, "val")
     if not train and not val:
         return _not_run("training rows in metrics.jsonl")
@@ -229,12 +266,13 @@ def training(inp: Inputs) -> list[Block]:
     if tr_loss or va_loss:
         blocks.append(_plot(plots.loss, out_dir, "loss.png", "train and val loss", tr_loss, va_loss))
     if va_bpb:
-        uni = (_json(inp[0] / "eval" / "metrics.json") or {}).get("unigram_bpb")
+        uni = (_json(inp.run_dir / "eval" / "metrics.json") or {}).get("unigram_bpb")
         uni = uni if isinstance(uni, (int, float)) else None
         blocks.append(_plot(plots.bpb, out_dir, "bpb.png", "val bits per byte", va_bpb, baseline=uni))
     if tps:
         blocks.append(_plot(plots.throughput, out_dir, "throughput.png", "tokens per second", tps, mfu=mfu))
     last = train[-1] if train else {}
+    coverage = _training_val_coverage(inp)
     table = [
         ["steps", max((p[0] for p in tr_loss + va_loss), default=None)],
         ["total tokens", last.get("tokens")],
@@ -242,37 +280,43 @@ def training(inp: Inputs) -> list[Block]:
         ["median tokens / s", statistics.median(p[1] for p in tps) if tps else None],
         ["median MFU", f"{100 * statistics.median(p[1] for p in mfu):.1f}%" if mfu else "—"],
         ["final train loss", tr_loss[-1][1] if tr_loss else None],
-        ["best val loss", min(p[1] for p in va_loss) if va_loss else None],
-        ["best val bits / byte", min(p[1] for p in va_bpb) if va_bpb else None],
+        [f"best val loss ({coverage})", min(p[1] for p in va_loss) if va_loss else None],
+        [f"best val bits / byte ({coverage})", min(p[1] for p in va_bpb) if va_bpb else None],
     ]
-    return [Table(["throughput and progress", "value"], table), *blocks]
+    table += [[f"final {k}", v] for k, v in last.items() if k.endswith("_per_target")]  # the objective's metrics
+    note = Text(f"Validation during training covers the {coverage} (train.eval_sequences); the summary's "
+                "val numbers are the final checkpoint's, from the eval stage when it has run.")
+    return [Table(["throughput and progress", "value"], table), note, *blocks]
 
 
 def evaluation(inp: Inputs) -> list[Block]:
-    ev = _json(inp[0] / "eval" / "metrics.json")
+    ev = _json(inp.run_dir / "eval" / "metrics.json")
     if not isinstance(ev, dict):
         return _not_run("eval/metrics.json")
     return [Table(["metric", "value"], [[k, v] for k, v in ev.items() if not isinstance(v, (dict, list))])]
 
 
 def samples(inp: Inputs) -> list[Block]:
-    rows = _jsonl(inp[0] / "generate" / "samples.jsonl")
+    rows = _jsonl(inp.run_dir / "generate" / "samples.jsonl")
     if rows is None:
         return _not_run("generate/samples.jsonl")
+    if rows and inp.samples == 0:
+        return [Text(f"{len(rows)} sample(s) in generate/samples.jsonl, none shown (report.samples = 0)")]
     blocks: list[Block] = []
-    for i, r in enumerate(rows[:MAX_SAMPLES], 1):
+    for i, r in enumerate(rows[: inp.samples], 1):
         prompt, text = str(r.get("prompt", "")), str(r.get("text", ""))
         if prompt and text.startswith(prompt):
             text = text[len(prompt) :]
         meta = ", ".join(f"{k}={fmt(v)}" for k, v in r.items() if k not in ("prompt", "text"))
         blocks.append(Sample(prompt, _clip(text), f"sample {i}" + (f" · {meta}" if meta else "")))
-    if len(rows) > MAX_SAMPLES:
-        blocks.append(Text(f"… {len(rows) - MAX_SAMPLES} more in generate/samples.jsonl"))
+    if len(rows) > inp.samples:
+        blocks.append(Text(f"… {len(rows) - inp.samples} more in generate/samples.jsonl "
+                           f"(report.samples = {inp.samples})"))
     return blocks or [Text("no samples in generate/samples.jsonl", missing=True)]
 
 
 def recipe(inp: Inputs) -> list[Block]:
-    path = inp[0] / "recipe.yaml"
+    path = inp.run_dir / "recipe.yaml"
     if not path.is_file():
         return _not_run("recipe.yaml")
     return [Details("recipe.yaml (resolved)", [Code(path.read_text(encoding="utf-8", errors="replace"), "yaml")])]
@@ -290,17 +334,19 @@ SECTIONS: list[tuple[str, Callable[[Inputs], list[Block]]]] = [
 ]
 
 
-def build_report(run_dir: Path, out_dir: Path) -> dict:
+def build_report(run_dir: Path, out_dir: Path, samples: int = 3, eval_sequences: int | None = None) -> dict:
     """Write ``index.html``, ``report.md`` and plots into ``out_dir``; return ``{"files": [names]}``.
 
-    File names are relative to ``out_dir`` (the caller renames the folder into place).
+    ``samples`` is ``report.samples`` (generated samples shown), ``eval_sequences`` is ``train.eval_sequences``
+    (what a training-time validation covered; None = all). File names are relative to ``out_dir`` (the caller
+    renames the folder into place).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     try:
         metrics = _jsonl(run_dir / "metrics.jsonl") or []
     except OSError:
         metrics = []
-    inp: Inputs = (run_dir, out_dir, metrics)
+    inp = Inputs(run_dir, out_dir, metrics, samples, eval_sequences)
     sections = []
     for title, make in SECTIONS:
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from kiln import atomic
 
@@ -40,6 +40,11 @@ def _xy(points: Series) -> tuple[list[float], list[float]]:
 def funnel(steps: Sequence[str], removed: Sequence[int], path: Path, removed_bytes: Sequence[int] = ()) -> None:
     """Horizontal bars, first step on top: documents removed by each corpus step and, when given, the bytes
     each removed (removed documents plus text cut out of kept ones)."""
+    _save(funnel_figure(steps, removed, removed_bytes), path)
+
+
+def funnel_figure(steps: Sequence[str], removed: Sequence[int], removed_bytes: Sequence[int] = ()) -> Figure:
+    """The figure :func:`funnel` saves; the bytes axis is ticked in the bar labels' units (B, kB, MB, GB)."""
     height = max(1.6, 0.45 * len(steps) + 0.9)
     fig = Figure(figsize=(10.0 if removed_bytes else 7.0, height), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
@@ -60,9 +65,10 @@ def funnel(steps: Sequence[str], removed: Sequence[int], path: Path, removed_byt
             ax.tick_params(labelleft=False)
         ax.set_xlim(0, max([*values, 1]) * 1.2)  # a sane axis even when nothing was removed
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos, f=fmt: f(int(v)) if v else "0"))
         ax.set_xlabel(label)
     fig.suptitle("Corpus funnel")
-    _save(fig, path)
+    return fig
 
 
 def human_bytes(n: float) -> str:
