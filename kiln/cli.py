@@ -364,6 +364,31 @@ def recipe_list() -> None:
     out.print(table)
 
 
+@app.command("runs")
+def runs_(root: Annotated[Path, typer.Argument(help="folder holding run folders (or one run folder)")] = Path("runs"),
+          as_json: Annotated[bool, typer.Option("--json", help="one JSON object per run instead of a table")] = False,
+          ) -> None:
+    """List the runs under ROOT (default runs/): stages complete, training step/total, headline metrics."""
+    from kiln.runs_index import list_runs
+
+    found = _guarded(list_runs, root)
+    if as_json:
+        for s in found:
+            out.print(json.dumps({"run": str(s.path), "recipe": s.recipe, "status": s.status, "stages": s.stages,
+                                  "incomplete": s.incomplete, "step": s.step, "total_steps": s.total_steps,
+                                  "val_bpb": s.val_bpb, "val_loss": s.val_loss, "val_from": s.val_from,
+                                  "probes": s.probes}), highlight=False, soft_wrap=True)
+        return
+    if not found:
+        out.print(f"no runs under {root}", highlight=False)
+        return
+    table = Table("run", "recipe", "status", "stages complete", "train step", "headline", "updated")
+    for s in found:
+        table.add_row(str(s.path), s.recipe, s.status, " ".join(s.stages) or "—", s.training, s.headline,
+                      s.updated_text)
+    out.print(table)
+
+
 def main() -> None:
     app(prog_name="kiln")
 

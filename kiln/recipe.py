@@ -287,6 +287,10 @@ class TrainConfig(Section):
     init_from: str | None = Field(
         None, description="start the weights from this kiln checkpoint, run directory or export (same "
         "architecture as the model section); None = random init")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, json_schema_extra=NOT_FINGERPRINTED, description="metric loggers fed every train "
+        "and validation row: tensorboard (<run>/train/tensorboard), wandb (<run>/train/wandb, offline unless "
+        "WANDB_MODE says otherwise); pip install 'kiln[loggers]' (kiln/train/loggers.py)")
 
     @field_validator("objective_args")
     @classmethod

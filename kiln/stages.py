@@ -9,9 +9,10 @@ The order comes from the graph (:mod:`kiln.stage_graph`); with ``tokens.syntheti
 writes generated token sequences and corpus and tokenizer do not run.
 
 Most stages are built in a temporary folder renamed into place; ``train`` works in place (checkpoints are
-atomic) so an interrupted run resumes from its last checkpoint. One :func:`run_stage` serves a single
-process and every rank of a torchrun job: rank 0 does the bookkeeping, ranked stages (train) run on
-every rank (:mod:`kiln.stages_dist`).
+atomic) so an interrupted run resumes from its last checkpoint, and a finished one whose ``train.steps`` alone
+grew is continued from it (:mod:`kiln.train.extend`: schedules permitting, else refused naming why).
+One :func:`run_stage` serves a single process and every rank of a torchrun job: rank 0 does the bookkeeping,
+ranked stages (train) run on every rank (:mod:`kiln.stages_dist`).
 """
 
 from __future__ import annotations
@@ -200,11 +201,22 @@ def plan_status(recipe: Recipe, run: RunDir, until: str | None = None,
             action = "up to date"
         elif st.shareable and store.enabled and (store.entry(name, fp) / MANIFEST).is_file():
             action, why = "reuse", str(store.entry(name, fp))
+        elif st.in_place and (ext := _extension_or_refusal(st, recipe, run, plan)):
+            action, why = ext
         else:
             why = rebuild_reason(run.manifest(name), plan.manifest_view(name))
             action = "rebuild" if why else "run"
         rows.append({"stage": name, "fingerprint": fp, "action": action, "why": why})
     return rows
+
+
+def _extension_or_refusal(st: Stage, recipe: Recipe, run: RunDir, plan: Plan) -> tuple[str, str] | None:
+    """For :func:`plan_status`: ("extend", from which step) or ("refused", why), None when no extension."""
+    try:
+        before = _extension(st, recipe, run, plan)
+    except RunError as exc:
+        return "refused", str(exc)
+    return None if before is None else ("extend", f"train.steps raised: continues from step {before}")
 
 
 # ----------------------------------------------------------------------------- running one stage
@@ -223,6 +235,25 @@ def prepare_in_place(st: Stage, run: RunDir, fp: str) -> Path:
     (folder / MANIFEST).unlink(missing_ok=True)
     atomic.write_json(marker, {"fingerprint": fp})
     return folder
+
+
+def _extension(st: Stage, recipe: Recipe, run: RunDir, plan: Plan) -> int | None:
+    """The step a finished ``train`` stage is extended from (``train.steps`` raised, nothing else changed:
+    :mod:`kiln.train.extend`), None when this is no extension; RunError when the schedule forbids it."""
+    if st.name != "train":
+        return None
+    from kiln.train.checkpoint import latest_checkpoint
+    from kiln.train.extend import extension_check
+
+    check = extension_check(run.manifest(st.name), plan.manifest_view(st.name), recipe)
+    if check is None or latest_checkpoint(run.stage(st.name) / "checkpoints") is None:
+        return None
+    before, blocker = check
+    if blocker:
+        raise RunError(f"train: cannot extend the finished run in {run.stage(st.name)} from {before} to "
+                       f"{recipe.train.steps} steps: {blocker}. Use `--force train` to retrain from scratch, or "
+                       "a new run with train.init_from=<its checkpoint>")
+    return before
 
 
 def _reuse(st: Stage, run: RunDir, entry: Path) -> dict:
@@ -255,6 +286,12 @@ def _open(st: Stage, recipe: Recipe, run: RunDir, plan: Plan, force: bool, store
         else:
             log(f"{st.name}: reused {fp} from the stage store ({entry}), not rebuilt")
             return manifest
+    if st.in_place and not force and (before := _extension(st, recipe, run, plan)) is not None:
+        log(f"[bold]{st.name}[/bold]: extending the finished run from step {before} to {recipe.train.steps} "
+            "(resuming its last checkpoint)")
+        atomic.write_json(run.stage(st.name) / "fingerprint.json", {"fingerprint": fp})
+        prepare_in_place(st, run, fp)
+        return None
     why = "forced" if force else "" if st.always else rebuild_reason(run.manifest(st.name),
                                                                       plan.manifest_view(st.name))
     log(f"[bold]{st.name}[/bold]: " + (f"{why}, rebuilding" if why else "running"))

@@ -100,3 +100,38 @@ def test_corpus_stage_writes_removed_parquet(tmp_path) -> None:
     build_corpus(cfg, tmp_path / "corpus")
     table = pq.read_table(tmp_path / "corpus" / "removed.parquet").to_pylist()
     assert [(r["id"], r["step"]) for r in table] == [("in/3", "length"), ("in/2", "dedup")]
+
+
+def _planted(n: int, n_dups: int) -> list[dict]:
+    """``n`` random documents, then ``n_dups`` copies of the first ones with ~5% of words edited, an exact
+    copy, and two documents with no words (different symbols): 5-shingle Jaccard ~0.6 for the edited pairs."""
+    r = random.Random(1)
+    base = _docs(n, seed=2, words=250)
+    dups = []
+    for j in range(n_dups):
+        w = base[j]["text"].split()
+        for k in r.sample(range(len(w)), len(w) // 20):
+            w[k] = f"edit{r.randrange(10**6)}"
+        dups.append({"id": f"nd{j}", "text": " ".join(w)})
+    extra = [{"id": "copy", "text": base[5]["text"]}, {"id": "sym1", "text": "@@ ##"}, {"id": "sym2", "text": "%% !!"}]
+    return base + dups + extra
+
+
+def test_minhash_datatrove_backend_keeps_what_numpy_keeps() -> None:
+    """Issue 12.5: ``backend: datatrove`` (datatrove's MinHash stages) runs offline and keeps the same set as
+    the numpy backend on planted near-duplicates, with the same "near duplicate of" (earliest) documents."""
+    docs = _planted(300, 40)
+    ids = {}
+    for backend in ("numpy", "datatrove"):
+        ctx = StepContext()
+        kept, _ = run_steps(docs, [MinHashParams(backend=backend)], ctx)
+        ids[backend] = ([d["id"] for d in kept], sorted((r.id, r.reason) for r in ctx.removed))
+    assert ids["datatrove"] == ids["numpy"]
+    removed = dict(ids["numpy"][1])
+    assert len(removed) == 41 and removed["nd7"] == "near duplicate of d7" and removed["copy"] == "near duplicate of d5"
+    assert {"sym1", "sym2"} <= set(ids["datatrove"][0])
+
+
+def test_minhash_datatrove_backend_refuses_verify_threshold() -> None:
+    with pytest.raises(RecipeError, match=r"corpus\.steps\.0.*verify_threshold: not supported with backend"):
+        load_recipe("demo", ["corpus.steps=[{step: minhash, backend: datatrove, verify_threshold: 0.5}]"])

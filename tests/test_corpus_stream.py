@@ -209,13 +209,13 @@ def test_an_empty_corpus_is_refused_naming_the_source(tmp_path: Path) -> None:
         build_corpus(_cfg(src), tmp_path / "b" / "corpus")
 
 
-def test_a_one_document_validation_split_is_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_a_one_document_validation_split_is_warned_about(tmp_path: Path, logs: pytest.CaptureFixture) -> None:
     src = tmp_path / "t.jsonl"
     src.write_text("".join(json.dumps({"id": i, "text": f"document number {i} " * 20}) + "\n" for i in range(4)))
     build_corpus(_cfg(src, val_fraction=0.01), tmp_path / "a" / "corpus")  # the tiny-corpus rule: one val doc
-    assert "validation split holds a single document" in capsys.readouterr().err
+    assert "validation split holds a single document" in logs.readouterr().err
     build_corpus(_cfg(src, val_fraction=0.7), tmp_path / "b" / "corpus")
-    assert "single document" not in capsys.readouterr().err
+    assert "single document" not in logs.readouterr().err
 
 
 def test_on_error_skip_skips_and_counts_an_unreadable_txt_file(tmp_path: Path) -> None:

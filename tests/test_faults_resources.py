@@ -71,11 +71,17 @@ def _limit_file_size(limit: int):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("limit", "stage", "file"), [(60_000, "tokens", "train-00000.bin"),
-                                                      (300_000, "train", "step-000010")])
-def test_file_size_limit_is_a_clear_error_and_the_rerun_recovers(reference, tmp_path, limit, stage, file):
+@pytest.mark.parametrize(("limit", "stage", "file", "built_first"),
+                         [(60_000, "corpus", "corpus", None), (60_000, "tokens", "train-00000.bin", "tokenizer"),
+                          (300_000, "train", "step-000010", None)])
+def test_file_size_limit_is_a_clear_error_and_the_rerun_recovers(reference, tmp_path, limit, stage, file,
+                                                                   built_first):
+    """``built_first``: stages built without the limit, so the limit hits ``stage`` (the corpus stage's work
+    files are larger than the tokens it leads to)."""
     corpus, clean = reference
     run = RunDir(tmp_path / "run")
+    if built_first:
+        run_pipeline(tiny_recipe(corpus), run, until=built_first)
     failed = kiln_cli(run_args(corpus, run.root), preexec_fn=_limit_file_size(limit))
     assert failed.returncode == 2, failed.stderr[-3000:]
     assert "could not write" in failed.stderr and file in failed.stderr and "free disk space" in failed.stderr

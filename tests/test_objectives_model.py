@@ -130,6 +130,25 @@ def test_mixture_weights_and_heads():
     assert abs(picks.count("clm") / 400 - 0.75) < 0.06
 
 
+def mixture_picks(run_seed: int, steps: int = 200, **kw) -> list[str]:
+    """The sub-objective a mixture draws for the first micro-batch of each step, configured with ``run_seed``."""
+    obj = build_objective("mixture", weights={"clm": 1, "mlm": 1}, **kw)
+    obj.configure(vocab_size=V, seq_len=32, total_steps=steps, seed=run_seed)
+    picks = []
+    for step in range(steps):
+        obj.begin_step(step)
+        picks.append(obj.prepare(packed_batch(B=1)).extra["objective"])
+    return picks
+
+
+def test_mixture_draws_follow_the_run_seed():
+    """Issue 12.6: the draws key on ``train.seed`` (what the trainer passes to ``configure``): one seed
+    reproduces, two seeds differ; an explicit ``seed`` argument pins them whatever the run's seed."""
+    assert mixture_picks(0) == mixture_picks(0)
+    assert mixture_picks(0) != mixture_picks(1)
+    assert mixture_picks(0, seed=7) == mixture_picks(1, seed=7)
+
+
 def test_relayout_truncates_pads_and_drops_the_cut_target():
     batch = packed_batch(B=1)
     grow = lambda ids: Piece(np.concatenate([ids, ids]), np.concatenate([ids[1:], ids, [IGNORE]]))  # noqa: E731
@@ -225,7 +244,8 @@ def test_electra_discriminator_beats_the_constant_predictor():
 
 @pytest.mark.slow  # measured 20-190 s on the shared 2-core CPU
 def test_hlp_head_beats_the_best_constant():
-    """Spec 6(d): 40-token Markov documents, 2 layers d=64: HLP L1 below the best constant's (the median)."""
+    """Spec 6(d): 40-token Markov documents, 2 layers d=64: HLP L1 below the best constant's (the median) by a
+    margin: <= 0.6x (measured 0.113 vs 0.271, 0.42x; a head that learnt nothing sits at ~1.0x)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(1)
     succ = rng.integers(0, 32, (32, 3))
@@ -246,8 +266,49 @@ def test_hlp_head_beats_the_best_constant():
         _, m = obj.loss(model, p)
     targets = p.tensors["hlp_targets"][p.tensors["hlp_mask"]]
     l1, best_const = float(m["hlp_l1_sum"]) / targets.numel(), float((targets - targets.median()).abs().mean())
-    print(f"HLP: L1 {l1:.3f} vs best constant {best_const:.3f}")
-    assert l1 < best_const
+    print(f"HLP: L1 {l1:.3f} vs best constant {best_const:.3f} ({l1 / best_const:.2f}x)")
+    assert l1 <= 0.6 * best_const
+
+
+def masked_loss_after(name: str, steps: int, succ: np.ndarray, **kw) -> float:
+    """Train objective ``name`` for ``steps`` steps (2 layers, d=32, batch 16 x 32 Markov rows, lr 2e-3, seeded),
+    then its model's MLM loss per masked token (30%) on 8 held-out batches, the same masks for every model."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    obj = build_objective(name, **kw)
+    obj.configure(vocab_size=NUM_SPECIAL + 32, seq_len=32, total_steps=steps, seed=0)
+    model = TransformerConfig(vocab_size=NUM_SPECIAL + 32, max_seq_len=32, n_layer=2, n_head=4, d_model=32,
+                              heads=obj.heads).build()
+    train(obj, model, lambda s: successor_batch(succ, 16, 32, rng), steps, 2e-3)
+    ev = build_objective("mlm", ratio=0.3)
+    ev.configure(vocab_size=NUM_SPECIAL + 32, seq_len=32, total_steps=1, seed=5)
+    held_out = np.random.default_rng(99)
+    total = n = 0.0
+    with torch.no_grad():
+        for s in range(8):
+            ev.begin_step(s)
+            p = ev.prepare(successor_batch(succ, 64, 32, held_out))
+            loss, _ = ev.loss(model, p)
+            total, n = total + float(loss), n + p.n_targets
+    return total / n
+
+
+@pytest.mark.slow  # ~26 s on the shared 2-core CPU (one thread)
+def test_clm_phase_helps_the_mlm_phase():
+    """Spec 4(d), the effect: CLM300 -> MLM300 reaches a lower masked-token loss than the MLM300 phase alone
+    (measured 1.44 vs 1.64; CLM-only 600 steps: 5.02, so the MLM phase is what makes it an encoder). The spec's
+    stronger claim, within 0.05 of MLM-only for all 600 steps, does not hold at this size: MLM600 reached 1.03
+    (lr 2e-3; 0.96 at 3e-3 vs 1.57 biphasic); see docs/methods.md."""
+    succ = np.random.default_rng(0).integers(0, 32, (32, 3))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is ~4x faster than two contended ones
+    try:
+        biphasic = masked_loss_after("clm_mlm", 600, succ, clm_fraction=0.5, mlm_ratio=0.3)
+        mlm_phase_only = masked_loss_after("mlm", 300, succ, ratio=0.3)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"CLM->MLM: masked loss {biphasic:.3f} vs MLM phase alone {mlm_phase_only:.3f}")
+    assert biphasic <= mlm_phase_only - 0.1
 
 
 @pytest.mark.slow  # measured 20-190 s on the shared 2-core CPU

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kiln.atomic import WriteError, write_error
 from kiln.corpus.report import Doc
 
 WATCH: Callable[[int], None] | None = None  # called with len(docs) of every document batch held in memory
@@ -50,10 +52,21 @@ def _replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed write (disk full, file size limit, I/O error) is a WriteError naming ``path``."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+
+
 def save_docs(path: Path, docs: list[Doc]) -> None:
     """Pickle ``docs`` to ``path`` (temp file + rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with _writing(path), open(tmp, "wb") as f:
         pickle.dump(docs, f, protocol=pickle.HIGHEST_PROTOCOL)
     _replace(tmp, path)
 
@@ -76,7 +89,7 @@ def save_runs(path: Path, items: Iterable[tuple], chunk: int = 256, chunk_bytes:
     """Write ``(key, position, doc)`` items as a sequence of pickled chunks of at most ``chunk`` items and
     about ``chunk_bytes`` bytes of text (read back lazily by :func:`iter_runs`)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with _writing(path), open(tmp, "wb") as f:
         buf: list[tuple] = []
         size = 0
         for item in items:
@@ -106,7 +119,7 @@ def write_parts(path: Path, records: np.ndarray, part: np.ndarray, n_parts: int)
     offsets = np.searchsorted(part[order], np.arange(n_parts + 1), side="left").astype(np.int64)
     for target, arr in ((path, records[order]), (_off(path), offsets)):
         tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "wb") as f:
+        with _writing(target), open(tmp, "wb") as f:
             np.save(f, arr)
         _replace(tmp, target)
 

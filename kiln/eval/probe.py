@@ -32,6 +32,7 @@ from torch import nn
 from kiln.eval.probe_tasks import LabelledDoc
 from kiln.model.heads import Pooler
 from kiln.objectives.transforms.common import BOS_ID, PAD_ID
+from kiln.progress import PlainLines, log
 from kiln.train.loop import LoopConfig, run_loop
 
 
@@ -129,10 +130,15 @@ def finetune(model: nn.Module, train: Examples, test: Examples, n_classes: int, 
     nn.init.zeros_(head.weight)
     params = [*model.backbone.parameters(), *head.parameters()]
 
+    lines = PlainLines("probe fine-tune", cfg.finetune_steps)  # plain progress lines in logs (no terminal)
+
     def loss_fn(step: int, micro: int) -> torch.Tensor:
         idx = torch.randint(0, len(train.tokens), (cfg.batch_size,), generator=gen)
         logits = head(pooled(model, pooler, train.tokens[idx].to(device), attention))
-        return F.cross_entropy(logits.float(), train.labels[idx].to(device))
+        loss = F.cross_entropy(logits.float(), train.labels[idx].to(device))
+        if lines.due(step + 1):
+            lines.update(step + 1, f"loss {float(loss.detach()):.4f}", force=True)
+        return loss
 
     # the shared small loop: AdamW, linear warmup over the first 10% then constant, clipping at 1
     run_loop(params, loss_fn, LoopConfig(cfg.finetune_steps, warmup_steps=max(1, cfg.finetune_steps // 10)),
@@ -170,6 +176,7 @@ def probe_model(model: nn.Module, train_docs: list[LabelledDoc], test_docs: list
     """Linear-probe (and fine-tune) accuracy of ``model`` with the majority baseline; a json-able dict."""
     classes = sorted({d.label for d in train_docs} | {d.label for d in test_docs})
     train, test = make_examples(train_docs, encode, classes, cfg), make_examples(test_docs, encode, classes, cfg)
+    log(f"probe: {len(classes)} classes, {len(train.labels)} train / {len(test.labels)} test windows; linear probe")
     res = {
         "classes": classes,
         "n_train": len(train.labels), "n_test": len(test.labels),
@@ -181,6 +188,8 @@ def probe_model(model: nn.Module, train_docs: list[LabelledDoc], test_docs: list
         "attention": probe_attention(model, cfg),
         "config": asdict(cfg),
     }
+    log(f"probe: linear accuracy {res['linear_acc']:.3f} (majority baseline {res['majority_acc']:.3f})")
     if finetuned and cfg.finetune_steps > 0:
+        log(f"probe: fine-tuning {cfg.finetune_steps} steps")
         res["finetune_acc"] = finetune(model, train, test, len(classes), cfg, device)
     return res

@@ -3,8 +3,9 @@
 - :class:`CLMThenMLM` (Gisserot-Boukhlef et al. 2025): causal LM (causal mask) for the first
   ``round(clm_fraction * steps)`` optimizer steps, then MLM (bidirectional mask) on the same backbone.
 - :class:`Mixture`: one named objective per (step, micro-batch), drawn with ``weights`` as a pure function of
-  (seed, step, micro) (``transforms.schedule.ObjectiveMixture``), so resume reproduces the choice; each
-  micro-batch's loss is normalised with the others' by the step's total target count.
+  (seed, step, micro) (``transforms.schedule.ObjectiveMixture``), so resume reproduces the choice; the seed is
+  ``train.seed`` (passed by ``configure``) unless the ``seed`` argument pins it. Each micro-batch's loss is
+  normalised with the others' by the step's total target count.
 """
 
 from __future__ import annotations
@@ -111,14 +112,21 @@ class Mixture(Switching):
     name = "mixture"
 
     def __init__(self, weights: dict[str, float], args: dict[str, dict[str, Any]] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int | None = None) -> None:
+        """``seed``: the draws' seed, fixed whatever ``train.seed`` is; None (default): ``train.seed``."""
         from kiln.objectives import build_objective
 
         if "mixture" in weights:
             raise ValueError("a mixture cannot contain a mixture")
-        self.mixture = ObjectiveMixture(dict(weights), seed)
+        self.pinned_seed = seed
+        self.mixture = ObjectiveMixture(dict(weights), 0 if seed is None else seed)
         self.objectives = {name: build_objective(name, **(args or {}).get(name, {})) for name in weights}
         self.lm_eval = all(obj.lm_eval for obj in self.objectives.values())
+
+    def configure(self, **kwargs: Any) -> None:
+        super().configure(**kwargs)
+        seed = self.seed if self.pinned_seed is None else self.pinned_seed
+        self.mixture = ObjectiveMixture(dict(self.mixture.weights), seed)
 
     def choose(self) -> str:
         return self.mixture.sample(self.step, self.micro)

@@ -296,6 +296,26 @@ def evaluation(inp: Inputs) -> list[Block]:
     return [Table(["metric", "value"], [[k, v] for k, v in ev.items() if not isinstance(v, (dict, list))])]
 
 
+def probes(inp: Inputs) -> list[Block]:
+    """The probe results ``kiln eval --probe TASK`` saved as ``eval/probe-TASK.json``, one row per task."""
+    files = sorted((inp.run_dir / "eval").glob("probe-*.json"))
+    if not files:
+        return [Text("no probe results (`kiln eval --probe TASK` saves eval/probe-TASK.json)", missing=True)]
+    rows = []
+    for path in files:
+        r = _json(path)
+        if not isinstance(r, dict):
+            rows.append([path.name, "unreadable", "", "", "", ""])
+            continue
+        base = f"{fmt(r.get('majority_acc'))} ({r.get('majority_class', '?')})"
+        rows.append([r.get("task", path.stem), fmt(len(r.get("classes") or [])),
+                     f"{fmt(r.get('n_test'))} windows / {fmt(r.get('n_test_docs'))} docs", fmt(r.get("linear_acc")),
+                     fmt(r["finetune_acc"]) if "finetune_acc" in r else "not run", base])
+    note = Text("accuracy per window on the held-out split; the baseline is the best constant predictor there "
+                "(its most common class)")
+    return [Table(["task", "classes", "test split", "linear probe", "fine-tuned", "majority baseline"], rows), note]
+
+
 def samples(inp: Inputs) -> list[Block]:
     rows = _jsonl(inp.run_dir / "generate" / "samples.jsonl")
     if rows is None:
@@ -329,6 +349,7 @@ SECTIONS: list[tuple[str, Callable[[Inputs], list[Block]]]] = [
     ("Tokens", tokens),
     ("Training", training),
     ("Evaluation", evaluation),
+    ("Probes", probes),
     ("Samples", samples),
     ("Recipe", recipe),
 ]

@@ -11,6 +11,8 @@ in the order a step meets them:
 - ``after_backward``: gradients of the whole step accumulated (and synchronised under DDP), before clipping;
 - ``after_optimizer_step``: after ``optimizer.step()`` of an accepted step (not of a skipped one), gradients
   already cleared, ``state.step`` counting that step (the step its train row is logged under);
+- ``on_log``: after each logged train row (every ``log_every`` steps), ``state.metrics`` holding that row
+  (step, loss, lr, tokens, tokens_per_s, ...): progress lines and metric loggers read it;
 - ``on_eval``: after each validation, ``state.metrics`` holding the validation row;
 - ``on_checkpoint(state, path)``: after a checkpoint was written;
 - ``on_train_end``: once, after the loop.
@@ -50,6 +52,7 @@ class TrainState:
     rank: int = 0
     world_size: int = 1
     metrics: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None  # the train stage's folder (loggers write there)
 
 
 class TrainerCallback:
@@ -67,6 +70,9 @@ class TrainerCallback:
         pass
 
     def after_optimizer_step(self, state: TrainState) -> None:
+        pass
+
+    def on_log(self, state: TrainState) -> None:
         pass
 
     def on_eval(self, state: TrainState) -> None:

@@ -48,9 +48,11 @@ from kiln.train.callbacks import TrainerCallback, TrainState, build_callbacks
 from kiln.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from kiln.train.guard import FaultGuard, TrainingOOM, is_oom, oom_message
 from kiln.train.init_from import init_weights_from
+from kiln.train.loggers import build_loggers
 from kiln.train.metrics import MetricsLog, ObjectiveMetrics
 from kiln.train.optim import build_optimizer, lr_at, set_lr
 from kiln.train.parallel import parallelize, resolve_strategy
+from kiln.train.progress_log import ProgressLines
 
 
 def target_reached(val_bpb: float, target: float | None) -> bool:
@@ -141,8 +143,10 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.guard = FaultGuard(cfg)
-        self.callbacks = [*build_callbacks(cfg.callbacks), *(callbacks or [])]
-        self.state = TrainState(0, self.model, self.optimizer, self.objective, self.env.rank, self.env.world_size)
+        self.callbacks = [*build_callbacks(cfg.callbacks), *(callbacks or []), ProgressLines(cfg.steps),
+                          *build_loggers(cfg.loggers)]
+        self.state = TrainState(0, self.model, self.optimizer, self.objective, self.env.rank, self.env.world_size,
+                                out_dir=self.out_dir)
 
     def _callback(self, point: str, *args: object, metrics: dict | None = None) -> dict:
         """Run ``point`` of every callback; with ``metrics``, on that dict, else on the step's; return it."""
@@ -340,6 +344,7 @@ class Trainer:
                         row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
                     if self.metrics is not None:
                         self.metrics.append(row)
+                    self._callback("on_log", metrics=row)  # progress lines, metric loggers
                     window_t, window_tokens = now, 0
                     bar.update(task, completed=self.step,
                                info=f"loss {out['loss']:.3f} lr {out['lr']:.2e} {tps / 1e3:.1f}k tok/s")

@@ -11,7 +11,10 @@ Jaccard to ~0.6 (each edit breaks up to 5 shingles). datatrove's and FineWeb's (
 14 x 8 (threshold ~0.72) catches such pairs only ~30% of the time. With
 ``verify_threshold`` set, a candidate pair also needs estimated Jaccard (signature agreement) above it.
 
-``backend: datatrove`` runs datatrove's four file-based MinHash stages instead (slow; for comparison).
+``backend: datatrove`` runs datatrove's file-based MinHash stages (signatures, buckets, clusters) instead, in
+one process (slower; for comparison): same kept set on planted near-duplicates, differences listed in
+``minhash_datatrove.py`` (another hash family; no ``verify_threshold``; a document with no words is kept).
+The streaming corpus stage runs it as a whole-corpus step (``stream.py``); the numpy backend streams.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import hashlib
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kiln.corpus.report import Doc, StepReport
 from kiln.corpus.steps.base import StepContext, StepDef, StepParams
@@ -36,6 +39,13 @@ class MinHashParams(StepParams):
     verify_threshold: float | None = Field(None, ge=0, le=1)
     seed: int = 1
     backend: Literal["numpy", "datatrove"] = "numpy"
+
+    @model_validator(mode="after")
+    def _backend_fits(self) -> MinHashParams:
+        if self.backend == "datatrove" and self.verify_threshold is not None:
+            raise ValueError("verify_threshold: not supported with backend 'datatrove' (datatrove has no "
+                             "signature-agreement check); use backend: numpy or drop verify_threshold")
+        return self
 
 
 _WORD_HASH: dict[str, int] = {}
