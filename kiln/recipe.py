@@ -437,6 +437,11 @@ def resolve_recipe_path(spec: str | Path) -> Path:
 def with_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...], origin: str = "overrides") -> Recipe:
     """A validated copy of ``recipe`` with dotted overrides applied (``recipe`` itself is unchanged)."""
     tree = recipe.model_dump(mode="json")
+    return _validated(tree, overrides, origin)
+
+
+def _validated(tree: dict, overrides: list[str] | tuple[str, ...], origin: str) -> Recipe:
+    """``tree`` with dotted ``overrides`` applied, validated; errors name ``origin`` and each field's path."""
     for ov in overrides:
         apply_override(tree, ov)
     try:
@@ -467,9 +472,4 @@ def load_recipe(spec: str | Path | None = None, overrides: list[str] | tuple[str
             raise RecipeError(f"{path}: expected a mapping of sections at the top level")
         tree = loaded or {}
         tree.setdefault("name", default_name(path))
-    for ov in overrides:
-        apply_override(tree, ov)
-    try:
-        return Recipe.model_validate(tree)
-    except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, origin)) from None
+    return _validated(tree, overrides, origin)

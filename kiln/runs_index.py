@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.report.build import json_rows
+
 MANIFEST = "manifest.json"
 
 
@@ -78,15 +80,7 @@ def _last_rows(path: Path, max_bytes: int = 1 << 20) -> list[dict]:
             lines = f.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return json_rows(lines)
 
 
 def _saved_recipe(folder: Path) -> dict:

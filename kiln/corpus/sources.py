@@ -188,6 +188,18 @@ def skip_list(cfg: CorpusConfig) -> list[str] | None:
     return [] if cfg.on_error == "skip" else None
 
 
+def record_source(stats: dict[str, dict[str, Any]], src: SourceConfig, n: int, size: int, seconds: float,
+                  skipped: list[str] | None) -> dict[str, Any]:
+    """Add one read of ``src`` (``n`` documents, ``size`` bytes, ``seconds``, skipped files) to its funnel entry."""
+    label = source_label(src)
+    entry = stats.setdefault(label, {"kind": src.kind, "docs_read": 0, "bytes_read": 0, "seconds": 0.0})
+    entry["docs_read"] += n
+    entry["bytes_read"] += size
+    entry["seconds"] = round(entry["seconds"] + seconds, 3)
+    count_skipped(entry, label, skipped)
+    return entry
+
+
 def count_skipped(entry: dict[str, Any], label: str, skipped: list[str] | None) -> None:
     """Record a source's skipped files in its funnel entry (``files_skipped``, the first few errors) and log them."""
     if not skipped:

@@ -31,8 +31,8 @@ from kiln.corpus.sources import (
     Doc,
     SourceError,
     cache_dir_for,
-    count_skipped,
     read_source,
+    record_source,
     skip_list,
     source_label,
 )
@@ -65,11 +65,7 @@ def read_all(cfg: CorpusConfig) -> tuple[list[Doc], dict[str, dict[str, Any]]]:
             n += 1
             size += nbytes(doc["text"])
         secs = time.perf_counter() - start
-        entry = stats.setdefault(label, {"kind": src.kind, "docs_read": 0, "bytes_read": 0, "seconds": 0.0})
-        entry["docs_read"] += n
-        entry["bytes_read"] += size
-        entry["seconds"] = round(entry["seconds"] + secs, 3)
-        count_skipped(entry, label, skipped)
+        record_source(stats, src, n, size, secs, skipped)
     return docs, stats
 
 

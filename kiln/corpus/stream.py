@@ -44,7 +44,7 @@ from kiln.corpus import stream_split as ss
 from kiln.corpus.executor import run_tasks
 from kiln.corpus.report import MAX_EXAMPLES, Doc, StepReport, nbytes
 from kiln.corpus.schema import SchemaSummary
-from kiln.corpus.sources import SourceError, cache_dir_for, count_skipped, read_source, skip_list, source_label
+from kiln.corpus.sources import SourceError, cache_dir_for, read_source, record_source, skip_list, source_label
 from kiln.corpus.steps.base import Removal, StepContext, StepParams
 from kiln.progress import enabled, log, track
 from kiln.recipe import CorpusConfig
@@ -125,11 +125,7 @@ def _sourced(plan: Plan, stats: dict[str, dict[str, Any]]) -> Any:
             size += nbytes(doc["text"])
             yield doc
         secs = time.perf_counter() - start
-        entry = stats.setdefault(label, {"kind": src.kind, "docs_read": 0, "bytes_read": 0, "seconds": 0.0})
-        entry["docs_read"] += n
-        entry["bytes_read"] += size
-        entry["seconds"] = round(entry["seconds"] + secs, 3)
-        count_skipped(entry, label, skipped)
+        record_source(stats, src, n, size, secs, skipped)
         log(f"corpus: {label} ({src.kind}): {n} docs, {size / 1e6:.2f} MB in {secs:.1f} s")
 
 

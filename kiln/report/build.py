@@ -67,8 +67,13 @@ def _jsonl(path: Path) -> list[dict[str, Any]] | None:
     """Rows of a JSON-lines file, skipping blank or malformed lines (a live run may be mid-write)."""
     if not path.is_file():
         return None
+    return json_rows(path.read_text(encoding="utf-8", errors="replace").splitlines())
+
+
+def json_rows(lines: list[str]) -> list[dict[str, Any]]:
+    """The JSON objects among ``lines``; blank, malformed (a torn last line) or non-object lines are skipped."""
     rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
