@@ -17,24 +17,17 @@ moving a run's files in time (mtime) changes nothing, editing a byte changes the
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from kiln.filehash import sha256_file
+
 Record = dict[str, Any]
 IDENTITY_KEYS = ("sha256", "missing", "python")
 RACY_NS = 2_000_000_000  # mtime granularity to distrust (2 s: FAT; ext4/xfs are finer)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_record(path: Path, previous: Record | None = None) -> Record:

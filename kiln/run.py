@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kiln import atomic
+from kiln.filehash import sha256_file
 from kiln.inputs import changed_inputs, identity
 from kiln.recipe import Recipe, fingerprint_of
 from kiln.section import config_view
@@ -157,7 +157,7 @@ def file_records(folder: Path) -> dict[str, dict]:
             continue
         rec: dict = {"bytes": p.stat().st_size}
         if rec["bytes"] <= HASH_LIMIT:
-            rec["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+            rec["sha256"] = sha256_file(p)
         out[rel] = rec
     return out
 
@@ -170,7 +170,7 @@ def verify_files(folder: Path, manifest: dict) -> None:
             problem = "is missing"
         elif p.stat().st_size != rec["bytes"]:
             problem = f"has {p.stat().st_size} bytes, the stage wrote {rec['bytes']} (truncated or replaced?)"
-        elif "sha256" in rec and hashlib.sha256(p.read_bytes()).hexdigest() != rec["sha256"]:
+        elif "sha256" in rec and sha256_file(p) != rec["sha256"]:
             problem = "was modified after the stage completed (sha256 differs)"
         else:
             continue

