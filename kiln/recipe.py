@@ -328,6 +328,31 @@ class ParallelConfig(Section):
 
 class EvalConfig(Section):
     max_sequences: int | None = Field(None, ge=1, description="cap on validation sequences; None = whole split")
+    tasks: list[str] = Field(default_factory=list, description="downstream tasks scored by log-likelihood "
+                             "(kiln/eval/tasks): built-in names, bpb-* held-out sets, or jsonl:PATH")
+    task_items: int = Field(200, ge=1, description="questions per task (documents per bpb task)")
+    task_shots: int = Field(0, ge=0, description="few-shot examples in each task prompt")
+    probes: list[str] = Field(default_factory=list, description="probe tasks run by the eval stage "
+                              "(edition | genre | pydocs-module | column:NAME), as kiln eval --probe")
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        from kiln.eval.tasks.builders import JSONL_PREFIX, TASKS, task_names_help
+
+        bad = [n for n in v if n not in TASKS and not (n.startswith(JSONL_PREFIX) and n != JSONL_PREFIX)]
+        if bad:
+            raise ValueError(f"unknown task {bad[0]!r}; expected one of {task_names_help()}")
+        return v
+
+    @field_validator("probes")
+    @classmethod
+    def _known_probes(cls, v: list[str]) -> list[str]:
+        from kiln.eval.probe_tasks import task_labeller
+
+        for name in v:
+            task_labeller(name)  # ValueError naming the probe and the known ones
+        return v
 
 
 class GenerateConfig(Section):

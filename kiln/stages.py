@@ -90,6 +90,12 @@ def _tokens_inputs(recipe: Recipe) -> tuple[str, ...]:
     return () if synthetic(recipe) else ("corpus", "tokenizer")
 
 
+def _eval_inputs(recipe: Recipe) -> tuple[str, ...]:
+    """Tasks and probes read the corpus (held-out documents, the train split to avoid) and the tokenizer."""
+    reads_text = bool(recipe.eval.tasks or recipe.eval.probes) and not synthetic(recipe)
+    return (MODEL, "tokens", *(("corpus", "tokenizer") if reads_text else ()))
+
+
 def _train(recipe: Recipe, run: RunDir, out: Path) -> dict:
     from kiln.tokenizer.train import load_token_bytes
     from kiln.train.trainer import Trainer, load_train_data
@@ -136,7 +142,7 @@ for _st in [
           ("train/val token shards + document index", "synthetic: token_bytes.npy, vocab.json"), shareable=True),
     Stage("train", ("data", "model", "train"), _train, ("tokens",), ("checkpoints/step-N",), in_place=True,
           ranked=True, model=True),
-    Stage("eval", ("eval",), _eval, (MODEL, "tokens"), ("metrics.json",)),
+    Stage("eval", ("eval",), _eval, _eval_inputs, ("metrics.json", "tasks/<task>.jsonl", "probe-<task>.json")),
     Stage("generate", ("generate",), _generate, (MODEL,), ("samples.jsonl",)),
     Stage("report", ("report",), _report, ("eval", "generate"), ("index.html", "report.md"), always=True),
 ]:
@@ -278,14 +284,17 @@ def _open(st: Stage, recipe: Recipe, run: RunDir, plan: Plan, force: bool, store
             raise RunError(f"stage '{st.name}' needs '{dep}' to be complete and current in {run.root}")
     for dep in upstream(st.name, recipe):  # artifacts edited, truncated or deleted since their stage completed
         verify_files(run.stage(dep), run.manifest(dep) or {})
-    if st.shareable and not force and (entry := store.lookup(st.name, fp)) is not None:
-        try:
-            manifest = _reuse(st, run, entry)
-        except OSError as exc:  # the entry vanished under us (dropped by another run): build it here
-            log(f"{st.name}: could not take {entry} from the stage store ({exc}); building it")
-        else:
-            log(f"{st.name}: reused {fp} from the stage store ({entry}), not rebuilt")
-            return manifest
+    if st.shareable and not force:
+        store.acquire(st.name, fp)  # built once: a concurrent builder finishes first; released in _build
+        if (entry := store.lookup(st.name, fp)) is not None:
+            try:
+                manifest = _reuse(st, run, entry)
+            except OSError as exc:  # the entry vanished under us (dropped by another run): build it here
+                log(f"{st.name}: could not take {entry} from the stage store ({exc}); building it")
+            else:
+                store.release(st.name, fp)
+                log(f"{st.name}: reused {fp} from the stage store ({entry}), not rebuilt")
+                return manifest
     if st.in_place and not force and (before := _extension(st, recipe, run, plan)) is not None:
         log(f"[bold]{st.name}[/bold]: extending the finished run from step {before} to {recipe.train.steps} "
             "(resuming its last checkpoint)")
@@ -309,13 +318,16 @@ def _manifest(st: Stage, plan: Plan, seconds: float, stats: dict) -> dict:
 
 def _build(st: Stage, recipe: Recipe, run: RunDir, plan: Plan, force: bool, store: StageStore, t0: float) -> dict:
     """Rank 0: build a stage in a temporary folder renamed into place; publish a shareable one to the store."""
-    with atomic.staged_dir(run.stage(st.name)) as tmp:
-        stats = st.fn(recipe, run, tmp)
-        manifest = _manifest(st, plan, time.perf_counter() - t0, stats)
-        manifest["files"] = file_records(tmp)
-        atomic.write_json(tmp / MANIFEST, manifest)
-    if st.shareable:
-        store.publish(st.name, plan.fps[st.name], run.stage(st.name), replace=force)
+    try:
+        with atomic.staged_dir(run.stage(st.name)) as tmp:
+            stats = st.fn(recipe, run, tmp)
+            manifest = _manifest(st, plan, time.perf_counter() - t0, stats)
+            manifest["files"] = file_records(tmp)
+            atomic.write_json(tmp / MANIFEST, manifest)
+        if st.shareable:
+            store.publish(st.name, plan.fps[st.name], run.stage(st.name), replace=force)
+    finally:
+        store.release(st.name, plan.fps[st.name])  # the build lock _open took (if any)
     log(f"{st.name}: done in {manifest['seconds']:.1f}s")
     return manifest
 

@@ -1,5 +1,6 @@
-"""Eval stage: validation loss, bits-per-byte and the unigram byte baseline for the final checkpoint; and the
-downstream probe of ``kiln eval --probe TASK`` (``probe.py``).
+"""Eval stage: validation loss, bits-per-byte and the unigram byte baseline for the final checkpoint; the
+downstream tasks of ``eval.tasks`` (``tasks/suite.py``: ``metrics["tasks"]``, per-item predictions in
+``eval/tasks/<task>.jsonl``), the probes of ``eval.probes`` and of ``kiln eval --probe TASK`` (``probe.py``).
 
 An encoder (:mod:`kiln.infer.kind`: bidirectional attention, or an encoder objective such as MLM, ELECTRA,
 ERNIE-Gram, MP3, CLM -> MLM) has no meaningful LM-head bits per byte: its validation loss is the objective's own
@@ -68,13 +69,23 @@ def run_eval(recipe: Recipe, run: RunDir, out: Path) -> dict:
         "checkpoint": str(ckpt),
         "sequences": n_rows,
     }
+    if recipe.eval.tasks:  # fixed seed 0: every variant and seed of a sweep sees the same questions
+        from kiln.eval.tasks.suite import run_tasks
+
+        metrics["tasks"] = run_tasks(recipe, run, model, device, list(recipe.eval.tasks), out / "tasks",
+                                     max_items=recipe.eval.task_items, shots=recipe.eval.task_shots, seed=0)
+    if recipe.eval.probes:
+        keys = ("linear_acc", "finetune_acc", "majority_acc")
+        metrics["probes"] = {p: {k: v for k, v in run_probe(recipe, run, p, out=out).items() if k in keys}
+                             for p in recipe.eval.probes}
     atomic.write_json(out / "metrics.json", metrics)
     return metrics
 
 
 def run_probe(recipe: Recipe, run: RunDir, task: str, cfg: ProbeConfig | None = None,
-              finetuned: bool = True) -> dict:
-    """``kiln eval --probe TASK``: probe the final checkpoint on a metadata task; writes eval/probe-TASK.json."""
+              finetuned: bool = True, out: Path | None = None) -> dict:
+    """``kiln eval --probe TASK`` (and ``eval.probes``): probe the final checkpoint on a metadata task; writes
+    probe-TASK.json to ``out`` (default: the run's eval folder)."""
     import pyarrow.parquet as pq
 
     from kiln.corpus.files import split_files
@@ -97,5 +108,5 @@ def run_probe(recipe: Recipe, run: RunDir, task: str, cfg: ProbeConfig | None = 
     res = {"task": task, "checkpoint": str(ckpt),
            **probe_model(load_model(ckpt, device), train_docs, test_docs, encode, cfg, device, finetuned)}
     name = task.replace(":", "-").replace("/", "-")
-    atomic.write_json(run.stage("eval") / f"probe-{name}.json", res)
+    atomic.write_json((out or run.stage("eval")) / f"probe-{name}.json", res)
     return res

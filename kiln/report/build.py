@@ -301,6 +301,12 @@ def evaluation(inp: Inputs) -> list[Block]:
     return [Table(["metric", "value"], [[k, v] for k, v in ev.items() if not isinstance(v, (dict, list))])]
 
 
+def downstream(inp: Inputs) -> list[Block]:
+    from kiln.report.tasks_section import task_blocks
+
+    return task_blocks(_json(inp.run_dir / "eval" / "metrics.json"))
+
+
 def probes(inp: Inputs) -> list[Block]:
     """The probe results ``kiln eval --probe TASK`` saved as ``eval/probe-TASK.json``, one row per task."""
     files = sorted((inp.run_dir / "eval").glob("probe-*.json"))
@@ -354,6 +360,7 @@ SECTIONS: list[tuple[str, Callable[[Inputs], list[Block]]]] = [
     ("Tokens", tokens),
     ("Training", training),
     ("Evaluation", evaluation),
+    ("Downstream tasks", downstream),
     ("Probes", probes),
     ("Samples", samples),
     ("Recipe", recipe),
