@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kiln.experiments.cli import ablate
 from kiln.recipe import Recipe, RecipeError, load_recipe
 from kiln.run import RunDir, RunError
 from kiln.stages import ORDER, run_pipeline
@@ -219,10 +220,26 @@ def eval_(args: Args = None, run_dir: RunDirOpt = None, force: ForceOpt = None, 
           probe: Annotated[str | None, typer.Option(
               help="also probe a classification head: edition | genre | pydocs-module | column:NAME")] = None,
           probe_steps: Annotated[int, typer.Option(help="fine-tuning steps of the probe (0 = linear only)")] = 150,
+          tasks: Annotated[str | None, typer.Option(help="downstream tasks a,b (= eval.tasks): kiln recipe "
+                                                    "explain eval.tasks")] = None,
+          shots: Annotated[int | None, typer.Option(help="few-shot examples per prompt (= eval.task_shots)")] = None,
+          items: Annotated[int | None, typer.Option(help="questions per task (= eval.task_items)")] = None,
+          export_lm_eval: Annotated[Path | None, typer.Option(
+              help="also write the tasks as lm-evaluation-harness tasks into DIR")] = None,
           ) -> None:
-    """Validation loss, bits-per-byte and the unigram byte baseline of the final checkpoint (and --probe)."""
+    """Validation loss, bits-per-byte and the unigram byte baseline of the final checkpoint (and --probe, --tasks)."""
+    from kiln.eval.tasks.commands import export_for_run, task_lines, task_overrides
+
+    args = [*(args or []), *task_overrides(tasks, shots, items)]
     recipe, run_, _ = _pipeline(args, run_dir, until="eval", force=force, force_run=force_run)
     _print_summary(run_)
+    metrics = json.loads((run_.stage("eval") / "metrics.json").read_text())
+    for line in task_lines(metrics):
+        out.print(line, emoji=False, markup=False, highlight=False)
+    if export_lm_eval is not None:
+        cmd = _guarded(export_for_run, recipe, run_, export_lm_eval)
+        out.print(f"lm-eval tasks written to {export_lm_eval}; score an exported model with:\n  {cmd}",
+                  emoji=False, markup=False, highlight=False)
     if probe is not None:
         from kiln.eval.probe import ProbeConfig
         from kiln.eval.stage import run_probe
@@ -387,6 +404,9 @@ def runs_(root: Annotated[Path, typer.Argument(help="folder holding run folders 
         table.add_row(str(s.path), s.recipe, s.status, " ".join(s.stages) or "—", s.training, s.headline,
                       s.updated_text)
     out.print(table)
+
+
+app.command("ablate")(ablate)
 
 
 def main() -> None:

@@ -11,6 +11,9 @@ rebuilding it (sweeps: variants that differ only in training share corpus, token
   links). kiln never writes an existing artifact in place (every write is a new file renamed into
   place, :mod:`kiln.atomic`), so rebuilding a stage (``--force``) in one run replaces that run's
   links and leaves the store and other runs' files untouched.
+- Built once: a run about to build a shareable stage takes a per-(stage, fingerprint) inter-process lock
+  (:meth:`StageStore.acquire`, ``<store>/.locks/``), re-checks the store, builds, publishes, releases; a run
+  waiting on the lock then reuses the entry (concurrent runs of a sweep build corpus/tokenizer/tokens once).
 - Safe: an entry is verified against its manifest's file records (sizes, sha256) before reuse; a
   damaged entry is dropped and the stage rebuilt. Entries appear atomically (built in a temporary
   folder, renamed); two runs publishing the same entry at once keep the first.
@@ -28,6 +31,7 @@ from kiln.run import MANIFEST, RunDir, RunError, verify_files
 
 STORE_ENV = "KILN_STAGE_CACHE"
 OFF = ("off", "none", "0", "false")
+_HELD: dict[tuple[str, str, str], object] = {}  # build locks this process holds: (store, stage, fingerprint)
 
 
 def link_tree(src: Path, dst: Path) -> None:
@@ -61,6 +65,28 @@ class StageStore:
     @property
     def enabled(self) -> bool:
         return self.root is not None
+
+    def acquire(self, stage: str, fingerprint: str) -> None:
+        """Hold the build lock of (stage, fingerprint) until :meth:`release`; waits while another process holds
+        it (a killed holder's lock is freed by the OS: ``fcntl`` locks via ``fasteners``)."""
+        key = (str(self.root), stage, fingerprint)
+        if self.root is None or key in _HELD:
+            return
+        import fasteners
+
+        path = self.root / ".locks" / f"{stage}-{fingerprint}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = fasteners.InterProcessLock(str(path))
+        if not lock.acquire(blocking=False):
+            log(f"{stage}: another run is building {fingerprint}; waiting for it to reuse its result")
+            lock.acquire()
+        _HELD[key] = lock
+
+    def release(self, stage: str, fingerprint: str) -> None:
+        """Release the build lock taken by :meth:`acquire` (nothing if not held)."""
+        lock = _HELD.pop((str(self.root), stage, fingerprint), None)
+        if lock is not None:
+            lock.release()
 
     def entry(self, stage: str, fingerprint: str) -> Path:
         assert self.root is not None

@@ -127,8 +127,13 @@ min-width:11em}.card .label,.card .note{color:#666;font-size:.85em}.card .value{
 """
 
 
-def _e(x: Any) -> str:
-    return html.escape(x if isinstance(x, str) else fmt(x))
+def _e(x: Any, quote: bool = True) -> str:
+    return html.escape(x if isinstance(x, str) else fmt(x), quote=quote)
+
+
+def _m(x: Any) -> str:
+    """Markdown text: ``<``, ``>`` and ``&`` escaped (no raw HTML gets through), quotes left readable."""
+    return _e(x, quote=False)
 
 
 def _is_num(x: Any) -> bool:
@@ -169,7 +174,7 @@ def to_html(b: Block) -> str:
 
 
 def _cell(x: Any) -> str:
-    return _e(x).replace("|", "\\|").replace("\n", " ")
+    return _m(x).replace("|", "\\|").replace("\n", " ")
 
 
 def _fence(text: str, lang: str = "") -> str:
@@ -183,9 +188,9 @@ def _fence(text: str, lang: str = "") -> str:
 
 def to_md(b: Block) -> str:
     if isinstance(b, Heading):
-        return f"### {_e(b.text)}"
+        return f"### {_m(b.text)}"
     if isinstance(b, Text):
-        return f"_{_e(b.text)}_" if b.missing else _e(b.text)
+        return f"_{_m(b.text)}_" if b.missing else _m(b.text)
     if isinstance(b, Table):
         first = b.rows[0] if b.rows else []
         align = ["---:" if i < len(first) and _is_num(first[i]) else "---" for i in range(len(b.headers))]
@@ -193,14 +198,14 @@ def to_md(b: Block) -> str:
         lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in b.rows]
         return "\n".join(lines)
     if isinstance(b, Image):
-        return f"![{_e(b.alt)}]({b.file})"
+        return f"![{_m(b.alt)}]({b.file})"
     if isinstance(b, Code):
         return _fence(b.text, b.lang)
     if isinstance(b, Sample):
-        return f"{_e(b.meta)}\n\n{_fence(b.prompt + b.text)}"
+        return f"{_m(b.meta)}\n\n{_fence(b.prompt + b.text)}"
     if isinstance(b, Details):
         inner = "\n\n".join(to_md(x) for x in b.blocks)
-        return f"<details><summary>{_e(b.summary)}</summary>\n\n{inner}\n\n</details>"
+        return f"<details><summary>{_m(b.summary)}</summary>\n\n{inner}\n\n</details>"
     return to_md(Table(["", "value", "note"], [list(item) for item in b.items]))
 
 
@@ -218,9 +223,9 @@ def render_html(title: str, sections: list[Section]) -> str:
 
 
 def render_md(title: str, sections: list[Section]) -> str:
-    parts = [f"# {_e(title)}"]
+    parts = [f"# {_m(title)}"]
     for s in sections:
-        parts.append(f"## {_e(s.title)}")
+        parts.append(f"## {_m(s.title)}")
         parts += [to_md(b) for b in s.blocks]
     return "\n\n".join(parts) + "\n"
 
