@@ -6,8 +6,8 @@ grammar (a large vocabulary, so unrelated documents share almost no 5-word shing
 
 - exact duplicates: verbatim copies of a good document;
 - near duplicates: a copy with ~5% of its words replaced (Broder 1997's resemblance ~0.6 at 5-shingles);
-- garbled documents of six kinds: character soup, repeated lines, symbol spam, digit tables,
-  a looping phrase, and word salad without any function word.
+- garbled documents of six kinds (:mod:`kiln.corpus.junk`): character soup, repeated lines, symbol spam,
+  digit tables, a looping phrase, and word salad without any function word.
 
 Every document carries ``group`` (the id of the good document it copies, or its own id) and ``kind``
 (``good | exact | near | garbled:<type>``) so precision/recall can be scored against the plant.
@@ -16,9 +16,11 @@ Every document carries ``group`` (the id of the good document it copies, or its 
 from __future__ import annotations
 
 import random
-import string
 from dataclasses import dataclass
 from itertools import accumulate
+
+from kiln.corpus import junk
+from kiln.corpus.junk import GARBLED_KINDS
 
 _FUNCTION = ("the of and to in a is that for it as with was on be by at this have from or an they which "
             "one you were all we her she there would their will when who him been has more if no out so "
@@ -83,28 +85,9 @@ def near_copy(text: str, rng: random.Random, vocab: Vocab, rate: float = 0.05) -
 
 
 def garbled(kind: str, rng: random.Random, vocab: Vocab) -> str:
-    if kind == "soup":
-        alphabet = string.ascii_letters + string.digits + string.punctuation
-        return " ".join("".join(rng.choices(alphabet, k=rng.randint(1, 12))) for _ in range(rng.randint(150, 400)))
-    if kind == "repeated_lines":
-        lines = [sentence(rng, vocab) for _ in range(rng.randint(1, 3))]
-        return "\n".join(rng.choice(lines) for _ in range(rng.randint(20, 60)))
-    if kind == "symbols":
-        sym = "#$%&*@~^|<>=+{}[]"
-        return " ".join(rng.choice(vocab.content) if rng.random() < 0.3
-                        else "".join(rng.choices(sym, k=rng.randint(1, 5))) for _ in range(rng.randint(200, 500)))
-    if kind == "digits":
-        return "\n".join(" ".join(str(rng.randint(0, 99999)) for _ in range(rng.randint(4, 10)))
-                         for _ in range(rng.randint(20, 60)))
-    if kind == "loop":
-        phrase = " ".join(rng.choices(vocab.content[:200] + list(FUNCTION), k=rng.randint(3, 6)))
-        return (phrase + " ") * rng.randint(40, 120)
-    if kind == "salad":
-        return " ".join(rng.choices(vocab.content, cum_weights=vocab.cum, k=rng.randint(150, 400)))
-    raise ValueError(kind)
-
-
-GARBLED_KINDS = ("soup", "repeated_lines", "symbols", "digits", "loop", "salad")
+    """A garbled document of ``kind`` (:mod:`kiln.corpus.junk`) over this corpus's vocabulary."""
+    return junk.garbled(kind, rng, vocab.content, vocab.cum, line=lambda r: sentence(r, vocab),
+                        loop_words=vocab.content[:200] + list(FUNCTION))
 
 
 def make_corpus(n_docs: int = 10_000, seed: int = 0, exact_frac: float = 0.05, near_frac: float = 0.10,

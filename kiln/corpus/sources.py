@@ -200,6 +200,11 @@ def record_source(stats: dict[str, dict[str, Any]], src: SourceConfig, n: int, s
     return entry
 
 
+def source_entry(stats: dict[str, dict[str, Any]], label: str) -> dict[str, Any]:
+    """The funnel entry of source ``label``; one with nothing read for documents a step added (``plant``'s junk)."""
+    return stats.setdefault(label, {"kind": "step", "docs_read": 0, "bytes_read": 0, "seconds": 0.0})
+
+
 def count_skipped(entry: dict[str, Any], label: str, skipped: list[str] | None) -> None:
     """Record a source's skipped files in its funnel entry (``files_skipped``, the first few errors) and log them."""
     if not skipped:

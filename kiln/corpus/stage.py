@@ -34,6 +34,7 @@ from kiln.corpus.sources import (
     read_source,
     record_source,
     skip_list,
+    source_entry,
     source_label,
 )
 from kiln.corpus.steps.base import Removal, StepContext
@@ -85,7 +86,8 @@ def reference_corpus(cfg: CorpusConfig, out_dir: Path | None = None) -> tuple[li
         train, val, split = split_docs(kept, cfg.val_fraction, cfg.split_seed)
     for name, part in (("train", train), ("val", val)):
         for doc in part:
-            stats[doc["source"]][f"{name}_docs"] = stats[doc["source"]].get(f"{name}_docs", 0) + 1
+            entry = source_entry(stats, doc["source"])
+            entry[f"{name}_docs"] = entry.get(f"{name}_docs", 0) + 1
     for entry in stats.values():
         entry.setdefault("train_docs", 0)
         entry.setdefault("val_docs", 0)

@@ -44,7 +44,15 @@ from kiln.corpus import stream_split as ss
 from kiln.corpus.executor import run_tasks
 from kiln.corpus.report import MAX_EXAMPLES, Doc, StepReport, nbytes
 from kiln.corpus.schema import SchemaSummary
-from kiln.corpus.sources import SourceError, cache_dir_for, read_source, record_source, skip_list, source_label
+from kiln.corpus.sources import (
+    SourceError,
+    cache_dir_for,
+    read_source,
+    record_source,
+    skip_list,
+    source_entry,
+    source_label,
+)
 from kiln.corpus.steps.base import Removal, StepContext, StepParams
 from kiln.progress import enabled, log, track
 from kiln.recipe import CorpusConfig
@@ -454,7 +462,7 @@ def build_streaming(cfg: CorpusConfig, out_dir: Path) -> tuple[dict[str, Any], R
         shutil.rmtree(work, ignore_errors=True)
     stats = read.stats
     for src, counts in written.by_source.items():
-        stats[src].update(counts)
+        source_entry(stats, src).update(counts)
     for entry in stats.values():
         entry.setdefault("train_docs", 0)
         entry.setdefault("val_docs", 0)

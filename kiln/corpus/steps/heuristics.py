@@ -57,6 +57,12 @@ class BadWordsParams(StepParams):
     invert: bool = Field(False, description="keep only the documents the filter would remove (Longpre et al. 2023)")
 
 
+def bad_word_ratio(text: str, listed: frozenset[str]) -> float:
+    """Share of the words (letter/digit tokens) of ``text`` that are in ``listed`` (lower-cased match)."""
+    ws = [w.lower() for w in words(text) if w[0].isalnum()]
+    return sum(w in listed for w in ws) / max(len(ws), 1)
+
+
 def run_bad_words(docs: list[Doc], params: BadWordsParams, ctx: StepContext) -> tuple[list[Doc], StepReport]:
     from kiln.corpus.assets import read_word_list, resolve
 
@@ -64,9 +70,7 @@ def run_bad_words(docs: list[Doc], params: BadWordsParams, ctx: StepContext) -> 
     listed = read_word_list(path)
 
     def why(doc: Doc) -> str | None:
-        ws = [w.lower() for w in words(doc["text"]) if w[0].isalnum()]
-        hits = sum(w in listed for w in ws)
-        ratio = hits / max(len(ws), 1)
+        ratio = bad_word_ratio(doc["text"], listed)
         flagged = ratio > params.max_ratio
         if flagged and not params.invert:
             return f"bad-word ratio {ratio:.3f} > {params.max_ratio}"

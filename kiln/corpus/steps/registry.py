@@ -19,11 +19,13 @@ MODULES = (
     "kiln.corpus.steps.datatrove_filters",
     "kiln.corpus.steps.minhash",
     "kiln.corpus.steps.subdoc",
+    "kiln.corpus.steps.plant",
+    "kiln.corpus.steps.toxicity",
     "kiln.corpus.learned.steps",
     "kiln.corpus.prox.steps",
     "kiln.corpus.mix",
 )
-OPTIONAL = frozenset(MODULES[5:])
+OPTIONAL = frozenset(MODULES[7:])
 
 
 def _load() -> dict[str, StepDef]:
