@@ -99,3 +99,16 @@ def test_mixed_copies_land_on_the_same_side_of_the_split():
     for i in range(200):
         sides = {f"d{i}{s}" in val_ids for s in ("", "#r1", "#r2")}
         assert len(sides) == 1
+
+
+def test_a_half_weight_is_not_the_validation_split():
+    """The mix draw is salted: with ``mix.seed == corpus.split_seed`` a weight of 0.2 must not keep exactly the
+    documents the train/val split puts in validation (val_fraction 0.2), as an unsalted draw would."""
+    from kiln.corpus.clean import split_score
+
+    ids = [f"doc-{i}" for i in range(500)]
+    kept = {i for i, n in zip(ids, copy_counts(ids, 0.2, seed=0), strict=True) if n}
+    val = {i for i in ids if split_score(i, 0) < 0.2}
+    assert len(kept) == 100 and 60 <= len(val) <= 140
+    overlap = len(kept & val) / len(kept)
+    assert 0.05 < overlap < 0.4, overlap  # independent draws share about 20%; the same draw would share ~100%

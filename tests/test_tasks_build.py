@@ -262,3 +262,14 @@ def test_no_held_out_documents_is_a_clear_error():
     with pytest.raises(ValueError, match=r"task shakespeare-cloze: no questions from 0 held-out documents.*"
                                          r"val_fraction=0\.0.*raise corpus\.val_fraction"):
         build_task("shakespeare-cloze", recipe)
+
+
+def test_strip_name_cuts_a_signature_wrapped_over_lines():
+    """A C function's signature may wrap (socket.recv_fds); its continuation must not open the docstring."""
+    from kiln.eval.tasks.builders_pydocs import strip_name
+
+    text = ("recv_fds(sock, bufsize, maxfds[, flags]) -> (data, list of file\ndescriptors, msg_flags, address)\n\n"
+            "Receive up to maxfds file descriptors; recv_fds returns them.")
+    want = "Receive up to maxfds file descriptors; ____ returns them."
+    assert strip_name(text, "recv_fds", "socket.recv_fds") == want
+    assert strip_name("dumps(obj)\n--\n\nSerialize obj.", "dumps", "json.dumps") == "Serialize obj."

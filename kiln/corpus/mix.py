@@ -5,7 +5,9 @@ age another: a model trained on an older slice and evaluated on a newer one show
 
 ``mix``: every document of group ``g`` (its ``by`` field, default ``source``) is emitted ``floor(w_g)``
 times, plus once more for a deterministic ``round(frac(w_g) * n_g)`` of the group: those with the
-lowest ``sha256("{seed}:{id}")`` draws. So weight 2.0 doubles every document, 0.5 keeps exactly half
+lowest ``sha256("{seed}:mix:{id}")`` draws (salted: unsalted, the draw would equal the train/val split's
+``sha256("{split_seed}:{id}")`` when the seeds match, and a weight below 1 would keep the validation
+documents first). So weight 2.0 doubles every document, 0.5 keeps exactly half
 (the same half on every run), 1.3 keeps every document and repeats 30% of them once. Copy ``j >= 1``
 gets the id ``{id}#r{j}`` and every output document records its copy index in ``repeat_field``;
 ``mix.json`` in the corpus folder records per group the weight and the repeat counts.
@@ -83,7 +85,7 @@ def copy_counts(ids: list[str], weight: float, seed: int) -> list[int]:
     """How many times each document of one group is emitted under ``weight`` (module docstring)."""
     whole = math.floor(weight)
     extra = round((weight - whole) * len(ids))
-    chosen = set(sorted(range(len(ids)), key=lambda i: (draw(ids[i], seed), i))[:extra])
+    chosen = set(sorted(range(len(ids)), key=lambda i: (draw(f"mix:{ids[i]}", seed), i))[:extra])
     return [whole + (i in chosen) for i in range(len(ids))]
 
 

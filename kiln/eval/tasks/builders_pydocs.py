@@ -38,7 +38,11 @@ def strip_name(text: str, last: str, qualified: str) -> str:
     """Cut leading signature lines (``last(...``/``qualified(...``, and a ``--`` line) and mask ``last``."""
     lines = text.split("\n")
     while lines and (lines[0].startswith((f"{last}(", f"{qualified}(")) or lines[0].strip() in ("", "--")):
+        depth = lines[0].count("(") - lines[0].count(")")
         lines.pop(0)
+        while depth > 0 and lines:  # a signature wrapped over several lines
+            depth += lines[0].count("(") - lines[0].count(")")
+            lines.pop(0)
     return re.sub(rf"\b{re.escape(last)}\b", MASK, "\n".join(lines))
 
 
