@@ -225,8 +225,11 @@ def test_a_real_ctrl_c_in_training_says_what_was_saved(tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "kiln", "run", "demo", *tiny_overrides(corpus, steps=2000),
            "train.checkpoint_every=20", "--run-dir", str(run_dir)]
+    # SIGINT handled as at a terminal, even when this test runs under a shell that started it in the background
+    # (which leaves SIGINT ignored, and Python keeps an inherited SIG_IGN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path)
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpts = run_dir / "train" / "checkpoints"
     deadline = time.monotonic() + 240
     while not (ckpts.is_dir() and any(ckpts.glob("step-*"))) and time.monotonic() < deadline:
