@@ -153,13 +153,36 @@ def _step_inputs(c: _Collector, recipe: Any, run_root: Path | None) -> None:
                 for j, sel in enumerate(getattr(step, side)):
                     if sel.path is not None:
                         c.tree(f"{where} {side}[{j}] {sel.path}", rel(sel.path))
-        elif kind == "bad_words":
+        elif kind in ("bad_words", "toxicity", "toxicity_score"):
             if step.words_file:
                 c.file(f"{where} words_file {step.words_file}", rel(step.words_file))
             else:
                 asset(f"{where} asset badwords_en", "badwords_en")
         elif kind == "language":
             asset(f"{where} asset lid176", "lid176")
+        else:
+            _marked_inputs(c, step, where, rel)
+
+
+def _marked_inputs(c: _Collector, obj: Any, label: str, rel: Any) -> None:
+    """Every path field marked ``INPUT_MODEL`` / ``INPUT_FILE`` / ``INPUT_TREE`` (kiln/section.py) in ``obj``,
+    recursively through nested sections and lists of them (a step's ``references[2].checkpoint``)."""
+    from pydantic import BaseModel
+
+    for name, field in type(obj).model_fields.items():
+        value = getattr(obj, name)
+        kind = (field.json_schema_extra or {}).get("input") if isinstance(field.json_schema_extra, dict) else None
+        if kind and isinstance(value, str):
+            if kind == "model":
+                c.model(f"{label} {name}", rel(value), run_tokenizer=getattr(obj, "tokenizer", None) is None)
+            elif kind == "file":
+                c.file(f"{label} {name} {value}", rel(value))
+            else:
+                c.tree(f"{label} {name} {value}", rel(value))
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for j, item in enumerate(items):
+            if isinstance(item, BaseModel):
+                _marked_inputs(c, item, f"{label} {name}[{j}]" if value is items else f"{label} {name}", rel)
 
 
 def stage_inputs(recipe: Any, stage: str, previous: dict[str, Record] | None = None,

@@ -18,7 +18,7 @@ from kiln.corpus.learned.fasttext_filter import (
     score_texts,
     train_classifier,
 )
-from kiln.corpus.learned.select import roc_auc
+from kiln.corpus.scoring.rules import roc_auc
 from kiln.corpus.sources import cache_dir_for, read_source
 from kiln.corpus.steps.base import StepContext
 from kiln.recipe import CorpusConfig, SourceConfig
@@ -74,6 +74,22 @@ def test_step_threshold_keep_fraction_inverse_and_model_file(tmp_path):
     assert len(only_bad) == 30  # "good" documents are not scored, all "bad" ones removed
     removed_ids = [r.id for r in ctx.removed]
     assert "b0" in removed_ids
+
+
+def test_the_filter_is_the_scorer_plus_select(tmp_path):
+    """``fasttext_quality`` with a threshold = ``fasttext_score`` + ``select: {threshold}`` (cross-fitted both)."""
+    from kiln.corpus.scoring.base import run_scorer
+    from kiln.corpus.scoring.builtin import FastTextScoreParams, fasttext_score, fasttext_setup
+    from kiln.corpus.scoring.select import SelectParams, run_select
+
+    docs = _no_signal_corpus(60) + _corpus()
+    base = dict(positive=[{"source": "good"}], negative=[{"source": "bad"}], epoch=5)
+    fused, _ = run(docs, FastTextQualityParams(**base, threshold=0.5, score_field="q"), StepContext(step="ft"))
+    scored, rep = run_scorer(docs, FastTextScoreParams(**base, field="q", batch_docs=7), StepContext(step="ft"),
+                             fasttext_setup, fasttext_score)
+    kept, _ = run_select(scored, SelectParams(field="q", threshold=0.5), StepContext(step="select"))
+    assert [d["id"] for d in kept] == [d["id"] for d in fused] and 0 < len(kept) < len(docs)
+    assert [d["q"] for d in kept] == [d["q"] for d in fused] and rep.scores["n"] == len(docs)
 
 
 def test_external_file_selector_and_param_errors(tmp_path):

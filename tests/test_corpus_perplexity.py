@@ -12,7 +12,7 @@ import pytest
 from kiln.corpus.clean import split_score
 from kiln.corpus.learned.perplexity import PerplexityFilterParams, run
 from kiln.corpus.learned.refmodel import ReferenceModel, ReferenceModelError, resolve_checkpoint
-from kiln.corpus.learned.select import roc_auc
+from kiln.corpus.scoring.rules import roc_auc
 from kiln.corpus.sources import cache_dir_for, read_source
 from kiln.corpus.steps.base import StepContext
 from kiln.recipe import CorpusConfig, SourceConfig, load_recipe
@@ -98,3 +98,24 @@ def test_step_keeps_the_band_and_resolves_paths(reference_run):
         resolve_checkpoint(root / "corpus")
     with pytest.raises(ValueError, match="low"):
         PerplexityFilterParams(checkpoint="x", low=60, high=50)
+
+
+def test_the_filter_is_the_scorer_plus_select(reference_run):
+    """``perplexity`` = ``perplexity_score`` (sharded, per document) + ``select: {band, keep: low}``: same kept
+    documents, same scores."""
+    from kiln.corpus.scoring.base import run_scorer
+    from kiln.corpus.scoring.builtin import PerplexityScoreParams, perplexity_score, perplexity_setup
+    from kiln.corpus.scoring.select import SelectParams, run_select
+
+    root, held, pydocs = reference_run
+    docs = [{"id": f"s{i}", "source": "s", "text": t} for i, t in enumerate(held[:8])]
+    docs += [{"id": f"j{i}", "source": "j", "text": t} for i, t in enumerate(_junk(held, pydocs, 3)[:6])]
+    ctx = StepContext(step="perplexity", run_dir=root)
+    fused, _ = run(docs, PerplexityFilterParams(checkpoint=".", low=10.0, high=60.0, max_tokens=256,
+                                                score_field="bpb"), ctx)
+    scored, rep = run_scorer(docs, PerplexityScoreParams(checkpoint=".", max_tokens=256, field="bpb", batch_docs=5),
+                             StepContext(step="ppl", run_dir=root), perplexity_setup, perplexity_score)
+    kept, _ = run_select(scored, SelectParams(field="bpb", band=(10.0, 60.0)), StepContext(step="select"))
+    assert [d["id"] for d in kept] == [d["id"] for d in fused]
+    assert np.allclose([d["bpb"] for d in kept], [d["bpb"] for d in fused], rtol=1e-6)
+    assert rep.scores["n"] == 14 and rep.scores["max"] > rep.scores["min"] > 0

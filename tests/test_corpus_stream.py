@@ -241,3 +241,22 @@ def test_a_whole_corpus_step_without_streaming_form_equals_in_memory(tmp_path: P
     cfg = _cfg(_write_corpus(tmp_path / "c.jsonl", n=120), shard_docs=15, workers=2, steps=steps, val_fraction=0.2)
     funnel = _assert_same_as_reference(cfg, tmp_path)
     assert funnel["steps"][2]["step"] == "mix" and funnel["steps"][2]["docs_out"] != funnel["steps"][2]["docs_in"]
+
+
+def test_scorer_and_select_stream_like_in_memory_and_reach_the_parquet(tmp_path: Path) -> None:
+    """A per-document scorer runs sharded, ``select`` streams as gather -> decide -> apply; the score column is
+    in every part's schema (a field a step added), and the funnel rows carry the scores and the cut."""
+    words = tmp_path / "words.txt"
+    words.write_text("the\nof\nand\na\nto\nin\n")
+    steps = [{"step": "normalize"}, {"step": "toxicity_score", "name": "common", "words_file": str(words)},
+             {"step": "select", "field": "common", "keep_fraction": 0.6, "per_source": True},
+             {"step": "length"}]
+    cfg = _cfg(_write_corpus(tmp_path / "c.jsonl", n=120), shard_docs=15, workers=2, steps=steps, val_fraction=0.2)
+    funnel = _assert_same_as_reference(cfg, tmp_path)
+    rows = {s["step"]: s for s in funnel["steps"]}
+    assert "common: double" in funnel["schema"]
+    assert rows["common"]["scores"]["n"] == rows["common"]["docs_in"] and rows["common"]["scores"]["sample"]
+    assert rows["select"]["docs_removed"] > 20 and rows["select"]["selection"]["field"] == "common"
+    table = _read_split(tmp_path / "stream" / "corpus", "train")
+    assert table.column("common").null_count == 0
+    assert min(table.column("common").to_pylist()) >= rows["select"]["selection"]["cuts"]["c"]

@@ -214,3 +214,19 @@ def test_report_stage_passes_the_recipes_report_and_validation_settings(tmp_path
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "prompt 0." in md and "prompt 1." not in md and "3 more in generate/samples.jsonl" in md
     assert "best val bits / byte (first 7 validation sequences)" in md
+
+
+def test_a_scorer_row_becomes_a_histogram_with_the_select_cut(tmp_path: Path) -> None:
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    sample = [i / 100 for i in range(100)]
+    scorer = {"step": "ppl", "docs_in": 100, "docs_out": 100, "docs_removed": 0,
+              "scores": {"field": "ppl", "n": 100, "n_nan": 2, "min": 0.0, "max": 0.99, "sample": sample}}
+    select = {"step": "select", "docs_in": 100, "docs_out": 30, "docs_removed": 70,
+              "selection": {"field": "ppl", "rule": "the highest ppl", "cuts": {"*": 0.7}}}
+    _write(run / "corpus" / "funnel.json", {"steps": [scorer, select]})
+    build_report(run, out)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "## Scores" in md or "### Scores" in md
+    assert "ppl: 100 documents scored (2 without a score)" in md and (out / "scores-0.png").stat().st_size > 1000
+    assert not (out / "scores-1.png").exists()  # select is not a scorer

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from kiln.corpus.report import MAX_EXAMPLES, Doc, StepReport
+from kiln.corpus.report import Doc, StepReport, merge_rows
 from kiln.corpus.steps.base import Removal, StepContext, StepParams
 from kiln.progress import log
 
@@ -85,15 +85,7 @@ def _run_shard_args(args: tuple[list[Doc], ShardJob]) -> ShardResult:
 def merge(results: list[ShardResult], ctx: StepContext) -> tuple[list[Doc], list[StepReport]]:
     """Concatenate shard results in order; funnel rows summed, examples the first three in document order."""
     docs = [d for r in results for d in r.docs]
-    merged = []
-    for k, first in enumerate(results[0].reports):
-        rep = StepReport(first.step)
-        for r in results:
-            part = r.reports[k]
-            for name in ("docs_in", "docs_out", "docs_removed", "docs_changed", "bytes_removed"):
-                setattr(rep, name, getattr(rep, name) + getattr(part, name))
-            rep.examples.extend(part.examples[:MAX_EXAMPLES - len(rep.examples)])
-        merged.append(rep)
+    merged = [merge_rows(first.step, [r.reports[k] for r in results]) for k, first in enumerate(results[0].reports)]
     for rep in merged:  # one-process order: by step, then by document
         ctx.removed.extend(x for r in results for x in r.removed if x.step == rep.step)
     for r in results:

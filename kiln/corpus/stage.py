@@ -5,10 +5,10 @@ Outputs (in the stage folder): ``train-NNNNN.parquet`` and ``val-NNNNN.parquet``
 (one row per removed document: ``id``, ``step``, ``reason``, by step then corpus order) and ``funnel.json``.
 
 Parquet columns: ``id``, ``text``, ``source`` (strings, not null), then every metadata key seen in
-any document read, sorted by name, nullable. A metadata column's type is decided from its non-null
-values over all documents read (so filter settings never change the schema, and every part of every
-split has the same schema): all bool -> bool, all int -> int64, all int/float -> float64, anything else
-(or no values) -> string (``str(v)``). Rows keep the read order: sources in recipe order, each source in
+any document read or added by a step to a kept document (a scorer's column), sorted by name, nullable. A
+metadata column's type is decided from its non-null values over those documents (every part of every split
+has the same schema): all bool -> bool, all int -> int64, all int/float -> float64, anything else (or no
+values) -> string (``str(v)``). Rows keep the read order: sources in recipe order, each source in
 its reader's order (``split: tail`` with ``split_order_by``: that order).
 
 The stage streams (:mod:`kiln.corpus.stream`): memory is bounded by the shard size
@@ -26,7 +26,7 @@ from kiln.atomic import write_json
 from kiln.corpus.clean import split_docs, split_tail
 from kiln.corpus.pipeline import curate
 from kiln.corpus.report import nbytes
-from kiln.corpus.schema import BASE_COLUMNS, corpus_schema, write_parquet
+from kiln.corpus.schema import BASE_COLUMNS, SchemaSummary, corpus_schema, write_parquet
 from kiln.corpus.sources import (
     Doc,
     SourceError,
@@ -76,10 +76,13 @@ def reference_corpus(cfg: CorpusConfig, out_dir: Path | None = None) -> tuple[li
 
     Writes nothing; equal to what :func:`build_corpus` writes (funnel ``seconds`` aside)."""
     docs, stats = read_all(cfg)
-    schema = corpus_schema(docs)
     ctx = StepContext(cache_dir=cache_dir_for(cfg), run_dir=out_dir.parent if out_dir else None, out_dir=out_dir,
                       seed=cfg.split_seed, on_error=cfg.on_error)
     kept, steps = curate(docs, cfg, ctx)
+    summary = SchemaSummary()
+    for doc in docs + kept:  # metadata of every document read, and the fields steps added (scores)
+        summary.add(doc)
+    schema = summary.schema()
     if cfg.split == "tail":
         train, val, split = split_tail(kept, cfg.val_fraction, cfg.split_order_by)
     else:

@@ -42,7 +42,7 @@ from kiln.corpus import spill
 from kiln.corpus import stream_dedup as dd
 from kiln.corpus import stream_split as ss
 from kiln.corpus.executor import run_tasks
-from kiln.corpus.report import MAX_EXAMPLES, Doc, StepReport, nbytes
+from kiln.corpus.report import Doc, StepReport, merge_rows, nbytes
 from kiln.corpus.schema import SchemaSummary
 from kiln.corpus.sources import (
     SourceError,
@@ -92,16 +92,6 @@ class ReadResult:
     summary: SchemaSummary
     docs_read: int
     select: StepReport | None = None
-
-
-def merge_reports(label: str, parts: list[StepReport]) -> StepReport:
-    """One funnel row from shard rows in shard order: counts summed, the first examples in corpus order."""
-    rep = StepReport(label)
-    for part in parts:
-        for name in ("docs_in", "docs_out", "docs_removed", "docs_changed", "bytes_removed"):
-            setattr(rep, name, getattr(rep, name) + getattr(part, name))
-        rep.examples.extend(part.examples[:MAX_EXAMPLES - len(rep.examples)])
-    return rep
 
 
 def cut_shards(docs: Any, shard_docs: int | None, shard_bytes: int | None) -> Any:
@@ -171,7 +161,7 @@ def read_shards(plan: Plan, on_shard: Any = None) -> ReadResult:
         if on_shard is not None:
             on_shard(path)
     _check_ids(ids_dir, len(shards))
-    select = merge_reports("select", selects) if cfg.select else None
+    select = merge_rows("select", selects) if cfg.select else None
     return ReadResult(shards, stats, summary, n, select)
 
 
@@ -246,7 +236,7 @@ def _run_block(plan: Plan, steps: list[StepParams], first: int, shards: list[Pat
 def _merge_block(steps: list[StepParams], results: list[BlockResult]) -> list[StepReport]:
     reps = []
     for k, params in enumerate(steps):
-        rep = merge_reports(params.label, [r.reports[k] for r in results])
+        rep = merge_rows(params.label, [r.reports[k] for r in results])
         errors = sum(r.errors.get(params.label, 0) for r in results)
         if errors:
             rep.errors = errors  # type: ignore[attr-defined]
@@ -294,7 +284,7 @@ def _run_dedup(plan: Plan, params: StepParams, index: int, shards: list[Path]) -
     for s, r in enumerate(results):
         spill.save_obj(plan.removed_file(index + 1, s), r.removed)
     shutil.rmtree(job.work)
-    return outs, merge_reports(params.label, [r.report for r in results])
+    return outs, merge_rows(params.label, [r.report for r in results])
 
 
 def _run_whole(plan: Plan, params: StepParams, index: int, shards: list[Path]) -> tuple[list[Path], StepReport]:
@@ -315,6 +305,52 @@ def _run_whole(plan: Plan, params: StepParams, index: int, shards: list[Path]) -
         outs.append(gen / f"{s:05d}.pkl")
         spill.save_docs(outs[-1], part)
     return outs, rep
+
+
+def gather_task(arg: tuple[StepParams, Path]) -> Any:
+    from kiln.corpus.steps.registry import REGISTRY
+
+    params, src = arg
+    docs = spill.load_docs(src)
+    return len(docs), REGISTRY[params.step].two_pass.gather(docs, params)  # type: ignore[union-attr]
+
+
+def apply_task(arg: tuple[Plan, StepParams, int, Any, Path, Path, int]) -> BlockResult:
+    from kiln.corpus.steps.registry import REGISTRY
+
+    plan, params, index, decision, src, out, offset = arg
+    ctx = plan.ctx()
+    docs, rep = REGISTRY[params.step].two_pass.apply(spill.load_docs(src), params, decision,  # type: ignore[union-attr]
+                                                     ctx.for_step(params.label, index), offset)
+    spill.save_obj(plan.removed_file(index + 1, int(src.stem)), [Removal(r.id, params.label, r.reason)
+                                                                 for r in ctx.removed])
+    spill.save_docs(out, docs)
+    rep.step = params.label
+    return BlockResult([rep], dict(ctx.errors), len(docs))
+
+
+def _run_two_pass(plan: Plan, params: StepParams, index: int, shards: list[Path]) -> tuple[list[Path], StepReport]:
+    """A :class:`~kiln.corpus.steps.base.TwoPass` step: gather per shard, decide once, apply per shard."""
+    from kiln.corpus.steps.registry import REGISTRY
+
+    two = REGISTRY[params.step].two_pass
+    gathered = plan.tasks(gather_task, [(params, p) for p in shards])
+    decision = two.decide([records for _, records in gathered], params)  # type: ignore[union-attr]
+    sizes = [n for n, _ in gathered]
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])[:-1].tolist() if sizes else []
+    gen = plan.gen(index + 1)
+    outs = [gen / p.name for p in shards]
+    results = plan.tasks(apply_task, [(plan, params, index, decision, src, out, off)
+                                      for src, out, off in zip(shards, outs, offsets, strict=True)])
+    return outs, _merge_block([params], results)[0]
+
+
+def summary_task(path: Path) -> SchemaSummary:
+    """The metadata kinds of one shard of kept documents."""
+    summary = SchemaSummary()
+    for doc in spill.load_docs(path):
+        summary.add(doc)
+    return summary
 
 
 def leading_per_doc(steps: list[StepParams]) -> int:
@@ -352,7 +388,8 @@ def run_steps_streaming(plan: Plan, steps: list[StepParams], shards: list[Path],
         else:
             params = steps[i]
             streamed = params.step in STREAMED_DEDUP and getattr(params, "backend", "numpy") == "numpy"
-            shards, rep = (_run_dedup if streamed else _run_whole)(plan, params, i, shards)
+            runner = _run_two_pass if REGISTRY[params.step].two_pass else _run_dedup if streamed else _run_whole
+            shards, rep = runner(plan, params, i, shards)
             reps, j = [rep], i + 1
         _finish_reports(reps, time.perf_counter() - start)
         reports += reps
@@ -444,7 +481,6 @@ def build_streaming(cfg: CorpusConfig, out_dir: Path) -> tuple[dict[str, Any], R
             raise
         t1 = time.perf_counter()
         log(f"corpus: read {read.docs_read} docs into {len(read.shards)} shards in {t1 - t0:.1f} s")
-        schema = read.summary.schema()
         if early is not None:  # the leading per-document block ran while reading
             shards, reports = early.finish()
             _finish_reports(reports, time.perf_counter() - t0)
@@ -453,6 +489,9 @@ def build_streaming(cfg: CorpusConfig, out_dir: Path) -> tuple[dict[str, Any], R
         else:
             shards, reports = run_steps_streaming(plan, steps, read.shards)
         write_removed_stream(plan, out_dir / "removed.parquet", len(steps))
+        for part in plan.tasks(summary_task, shards) if steps else []:  # fields the steps added (scores)
+            read.summary.update(part)
+        schema = read.summary.schema()
         t2 = time.perf_counter()
         written, split = split_streaming(plan, shards, schema)
         n_parts = ss.place_parts(written, out_dir, schema)

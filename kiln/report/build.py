@@ -211,6 +211,7 @@ def corpus(inp: Inputs) -> list[Block]:
         removed_bytes = [int(s.get("bytes_removed") or 0) for s in steps]
         blocks.append(_plot(plots.funnel, out_dir, "funnel.png", "documents and bytes removed per step", names,
                             removed_counts, removed_bytes=removed_bytes))
+    blocks += _score_histograms(steps, out_dir)
     sources = funnel.get("sources")
     if isinstance(sources, dict) and sources:
         cols = ["kind", "docs_read", "bytes_read", "train_docs", "val_docs", "seconds"]
@@ -232,6 +233,24 @@ def corpus(inp: Inputs) -> list[Block]:
     if examples:
         blocks += [Heading("What each step removed or changed"), *examples]
     return blocks
+
+
+def _score_histograms(steps: list[dict[str, Any]], out_dir: Path) -> list[Block]:
+    """One histogram per scorer row (``scores``), with the cut of each ``select`` on that column."""
+    blocks: list[Block] = []
+    for k, s in enumerate(steps):
+        scores = s.get("scores")
+        if not isinstance(scores, dict) or not scores.get("sample"):
+            continue
+        field = str(scores.get("field", s.get("step", "?")))
+        cuts = [c for later in steps[k + 1:] if (later.get("selection") or {}).get("field") == field
+                for v in (later["selection"].get("cuts") or {}).values() for c in (v if isinstance(v, list) else [v])
+                if isinstance(c, (int, float))]
+        note = (f"{s.get('step', '?')}: {scores.get('n')} documents scored ({scores.get('n_nan')} without a score), "
+                f"min {fmt(scores.get('min'))}, max {fmt(scores.get('max'))}")
+        blocks += [Text(note), _plot(plots.score_histogram, out_dir, f"scores-{k}.png", f"{field} histogram",
+                                     scores["sample"], field, cuts=cuts)]
+    return [Heading("Scores"), *blocks] if blocks else []
 
 
 def _what_it_did(step: dict[str, Any]) -> str:

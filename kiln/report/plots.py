@@ -125,3 +125,15 @@ def throughput(tokens_per_s: Series, path: Path, mfu: Series = ()) -> None:
         ax2.spines["top"].set_visible(False)
     ax.legend(handles=lines, loc="lower right")
     _save(fig, path)
+
+
+def score_histogram(sample: Sequence[float], field: str, path: Path, cuts: Sequence[float] = ()) -> None:
+    """Histogram of a scorer's scores (the funnel row's sample), with the cut score(s) of a later ``select``."""
+    fig, ax = _figure(6.0, 2.8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.hist(list(sample), bins=min(50, max(5, len(sample) // 10)), color="#4f81bd")
+    for cut in cuts:
+        ax.axvline(cut, color="#c0504d", linestyle="--", linewidth=1.2)
+    ax.set_xlabel(field + ("  (dashed: select's cut)" if cuts else ""))
+    ax.set_ylabel("documents")
+    _save(fig, path)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,12 @@ import numpy as np
 
 from kiln.corpus.artifacts import stage_dir
 from kiln.corpus.learned.params import DocSelector, FastTextQualityParams
-from kiln.corpus.learned.select import apply_keep, keep_threshold, keep_top_fraction
+from kiln.corpus.scoring.rules import apply_keep, keep_threshold, keep_top_fraction
 from kiln.corpus.steps.base import Doc, StepContext, StepReport
 
 POS, NEG = "__label__pos", "__label__neg"
 _WS = re.compile(r"\s+")
-__all__ = ["DocSelector", "FastTextQualityParams", "cross_fit_scores", "fasttext_text", "folds_of",
+__all__ = ["Classifiers", "DocSelector", "FastTextQualityParams", "fasttext_text", "fit_classifiers", "folds_of",
            "gather_labelled", "gather_texts", "train_classifier", "score_texts", "run"]
 
 
@@ -76,27 +77,6 @@ def folds_of(docs: list[Doc], k: int, seed: int) -> np.ndarray:
     from kiln.corpus.clean import split_score
 
     return np.array([min(int(split_score(str(d["id"]), seed) * k), k - 1) for d in docs], dtype=np.int64)
-
-
-def cross_fit_scores(docs: list[Doc], targets: list[int], positive: list[tuple[str, int | None]],
-                     negative: list[tuple[str, int | None]], params: FastTextQualityParams) -> np.ndarray:
-    """P(positive) of ``docs[targets]``, each from a classifier trained without the document's fold."""
-    k = params.cross_fit
-    fold = folds_of(docs, k, params.seed)
-    scores = np.zeros(len(targets))
-    for f in range(k):
-        in_fold = [j for j, i in enumerate(targets) if fold[i] == f]
-        if not in_fold:
-            continue
-        pos = [t for t, i in positive if i is None or fold[i] != f]
-        neg = [t for t, i in negative if i is None or fold[i] != f]
-        try:
-            model = train_classifier(pos, neg, params)
-        except ValueError as exc:
-            raise ValueError(f"fasttext_quality cross-fit fold {f + 1}/{k}: {exc}; select more documents or "
-                             "lower cross_fit") from None
-        scores[in_fold] = score_texts(model, [docs[targets[j]]["text"] for j in in_fold], params.max_chars)
-    return scores
 
 
 def _fasttext() -> Any:
@@ -141,21 +121,61 @@ def score_texts(model: Any, texts: list[str], max_chars: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
-def run(docs: list[Doc], params: FastTextQualityParams, ctx: StepContext) -> tuple[list[Doc], StepReport]:
-    """Train on the named classes, score the documents in ``apply_to`` and keep them by the rule."""
-    rep = StepReport(ctx.step or params.step, docs_in=len(docs))
+@dataclass
+class Classifiers:
+    """The fitted classifiers of a step: one on every selected document (``full``) and, when cross-fitting,
+    one per fold trained without that fold's documents (``folds``)."""
+
+    full: Any
+    folds: list[Any]
+    k: int
+    seed: int
+    max_chars: int
+
+    def score(self, docs: list[Doc]) -> np.ndarray:
+        """P(positive) of ``docs``: each from its fold's classifier when cross-fitting, else from ``full``."""
+        texts = [d["text"] for d in docs]
+        if not self.folds:
+            return score_texts(self.full, texts, self.max_chars)
+        fold = folds_of(docs, self.k, self.seed)
+        out = np.zeros(len(docs))
+        for f in sorted(set(fold.tolist())):
+            idx = np.flatnonzero(fold == f)
+            out[idx] = score_texts(self.folds[f], [texts[i] for i in idx], self.max_chars)
+        return out
+
+
+def fit_classifiers(docs: list[Doc], params: Any, ctx: StepContext) -> Classifiers:
+    """Train on the classes ``params.positive`` / ``params.negative`` select among ``docs`` (or from files).
+
+    ``model_file`` in the stage folder always gets the all-documents classifier."""
     positive = [x for sel in params.positive for x in gather_labelled(sel, docs, ctx)]
     negative = [x for sel in params.negative for x in gather_labelled(sel, docs, ctx)]
     out_dir = stage_dir(ctx)
-    targets = [i for i, d in enumerate(docs) if not params.apply_to or d.get("source") in params.apply_to]
     cross_fit = params.cross_fit >= 2 and any(i is not None for _, i in positive + negative)
+    full = None
     if out_dir is not None or not cross_fit:  # the all-documents classifier: model_file, or the in-sample scorer
-        model = train_classifier([t for t, _ in positive], [t for t, _ in negative], params,
-                                 out_dir / params.model_file if out_dir else None)
+        full = train_classifier([t for t, _ in positive], [t for t, _ in negative], params,
+                                out_dir / params.model_file if out_dir else None)
+    folds = []
     if cross_fit:
-        scores = cross_fit_scores(docs, targets, positive, negative, params)
-    else:  # external-file classes (no scored document was trained on), or cross_fit: 0 (in-sample)
-        scores = score_texts(model, [docs[i]["text"] for i in targets], params.max_chars)
+        k = params.cross_fit
+        fold = folds_of(docs, k, params.seed)
+        for f in range(k):
+            try:
+                folds.append(train_classifier([t for t, i in positive if i is None or fold[i] != f],
+                                              [t for t, i in negative if i is None or fold[i] != f], params))
+            except ValueError as exc:
+                raise ValueError(f"{params.step} cross-fit fold {f + 1}/{k}: {exc}; select more documents or "
+                                 "lower cross_fit") from None
+    return Classifiers(full, folds, params.cross_fit, params.seed, params.max_chars)
+
+
+def run(docs: list[Doc], params: FastTextQualityParams, ctx: StepContext) -> tuple[list[Doc], StepReport]:
+    """Train on the named classes, score the documents in ``apply_to`` and keep them by the rule."""
+    rep = StepReport(ctx.step or params.step, docs_in=len(docs))
+    targets = [i for i, d in enumerate(docs) if not params.apply_to or d.get("source") in params.apply_to]
+    scores = fit_classifiers(docs, params, ctx).score([docs[i] for i in targets])
     if params.threshold is not None:
         keep, rule = keep_threshold(scores, params.threshold), f"P(positive) < {params.threshold}"
     else:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from kiln.corpus.steps.base import StepParams
-from kiln.section import Section
+from kiln.section import INPUT_TREE, Section
 
 
 class DocSelector(Section):
@@ -21,7 +21,8 @@ class DocSelector(Section):
     source: str | None = Field(None, description="corpus documents with this `source` label")
     where: dict[str, list[Any]] = Field(
         default_factory=dict, description="corpus documents whose metadata field holds one of the listed values")
-    path: str | None = Field(None, description="external .jsonl (one JSON object per line) or .txt file/folder")
+    path: str | None = Field(None, description="external .jsonl (one JSON object per line) or .txt file/folder",
+                             json_schema_extra=INPUT_TREE)
     text_field: str = "text"
     max_docs: int | None = Field(None, gt=0)
 

@@ -17,7 +17,7 @@ import torch
 
 from kiln.corpus.learned.params import PerplexityFilterParams
 from kiln.corpus.learned.refmodel import ReferenceModel
-from kiln.corpus.learned.select import apply_keep, keep_percentile_band
+from kiln.corpus.scoring.rules import apply_keep, keep_percentile_band
 from kiln.corpus.steps.base import Doc, StepContext, StepReport
 
 __all__ = ["PerplexityFilterParams", "score_docs", "run"]

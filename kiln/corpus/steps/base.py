@@ -38,7 +38,8 @@ from pydantic import Field
 from kiln.corpus.report import Doc, StepReport, nbytes
 from kiln.section import Section
 
-__all__ = ["Doc", "StepReport", "StepParams", "StepContext", "StepError", "StepFn", "Removal", "StepDef", "nbytes"]
+__all__ = ["Doc", "StepReport", "StepParams", "StepContext", "StepError", "StepFn", "Removal", "StepDef", "TwoPass",
+           "nbytes", "run_two_pass"]
 
 T = TypeVar("T")
 OnError = Literal["stop", "skip"]
@@ -162,12 +163,35 @@ StepFn = Callable[[list[Doc], Any, StepContext], tuple[list[Doc], StepReport]]
 
 
 @dataclass(frozen=True)
+class TwoPass:
+    """A whole-corpus step decided from a few numbers per document, so it streams with bounded memory.
+
+    ``gather(docs, params)`` returns small per-document records of one shard (numpy arrays);
+    ``decide(records, params)`` turns every shard's records (in corpus order) into one decision;
+    ``apply(docs, params, decision, ctx, offset)`` applies it to one shard whose first document has corpus
+    position ``offset`` and returns ``(kept docs, funnel row)``. The in-memory path calls the three on the
+    whole corpus as one shard (:func:`run_two_pass`); the streaming stage calls ``gather`` and ``apply`` as one
+    task per shard through ``corpus.executor``.
+    """
+
+    gather: Callable[[list[Doc], Any], Any]
+    decide: Callable[[list[Any], Any], Any]
+    apply: Callable[[list[Doc], Any, Any, StepContext, int], tuple[list[Doc], StepReport]]
+
+
+def run_two_pass(two: TwoPass, docs: list[Doc], params: Any, ctx: StepContext) -> tuple[list[Doc], StepReport]:
+    """A :class:`TwoPass` step over documents held in memory."""
+    return two.apply(docs, params, two.decide([two.gather(docs, params)], params), ctx, 0)
+
+
+@dataclass(frozen=True)
 class StepDef:
     """A registered step: its recipe model (whose ``step`` default is its name) and its function."""
 
     params: type[StepParams]
     run: StepFn
     per_doc: bool = False  # each document's fate depends on it alone: may run sharded (kiln.corpus.executor)
+    two_pass: TwoPass | None = None  # a whole-corpus step that streams as gather -> decide -> apply
 
     @property
     def name(self) -> str:

@@ -1,12 +1,15 @@
 """The step registry: every step's params model (joined into ``corpus.steps``) and its function.
 
 Modules listed in ``MODULES`` expose ``STEPS: list[StepDef]``. The learned-filter, ProX and mixing modules
-are optional here: a module that does not exist yet is skipped; any other import error is raised.
+are optional here: a module that does not exist yet is skipped; any other import error is raised. Every
+module of the :mod:`kiln.corpus.selection` package whose name ends in ``steps`` (one per data-selection
+method: ``gotd_steps``, ...) is registered too, so a new method is a new file.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Annotated, Any, Union
 
 from pydantic import Field
@@ -21,16 +24,24 @@ MODULES = (
     "kiln.corpus.steps.subdoc",
     "kiln.corpus.steps.plant",
     "kiln.corpus.steps.toxicity",
+    "kiln.corpus.scoring.select",
+    "kiln.corpus.scoring.builtin",
     "kiln.corpus.learned.steps",
     "kiln.corpus.prox.steps",
     "kiln.corpus.mix",
 )
-OPTIONAL = frozenset(MODULES[7:])
+OPTIONAL = frozenset(MODULES[9:])
+
+
+def _selection_modules() -> list[str]:
+    import kiln.corpus.selection as pkg
+
+    return sorted(f"{pkg.__name__}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if m.name.endswith("steps"))
 
 
 def _load() -> dict[str, StepDef]:
     found: dict[str, StepDef] = {}
-    for name in MODULES:
+    for name in (*MODULES, *_selection_modules()):
         try:
             mod = importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -48,8 +48,8 @@ class ToxicityParams(StepParams):
 
 def toxicity_keep(scores: np.ndarray, ids: list[str], params: ToxicityParams) -> np.ndarray:
     """Which of the scored documents the rule keeps (before ``inverse``): see the module docstring."""
-    from kiln.corpus.learned.select import keep_threshold, keep_top_fraction
     from kiln.corpus.mix import draw
+    from kiln.corpus.scoring.rules import keep_threshold, keep_top_fraction
 
     if params.threshold is not None:
         return keep_threshold(-scores, -params.threshold)
@@ -61,7 +61,7 @@ def toxicity_keep(scores: np.ndarray, ids: list[str], params: ToxicityParams) ->
 
 def run_toxicity(docs: list[Doc], params: ToxicityParams, ctx: StepContext) -> tuple[list[Doc], StepReport]:
     from kiln.corpus.assets import read_word_list, resolve
-    from kiln.corpus.learned.select import apply_keep
+    from kiln.corpus.scoring.rules import apply_keep
     from kiln.corpus.steps.heuristics import bad_word_ratio
 
     rep = StepReport(ctx.step or params.step, docs_in=len(docs))
