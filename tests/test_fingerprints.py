@@ -231,3 +231,26 @@ def test_eval_task_files_and_pydocs_interpreter_are_eval_inputs(tmp_path):
     assert make_plan(recipe, None, ["eval"]).fps["eval"] != plan.fps["eval"]
     plain = load_recipe("demo", tiny_overrides(src))
     assert make_plan(plain, None, ["eval"]).external["eval"] == {}
+
+
+def test_marked_input_fields_of_any_step_are_inputs_recursively(tmp_path):
+    """Steps without a hand-written rule: fields marked INPUT_MODEL / INPUT_FILE / INPUT_TREE (kiln/section.py),
+    also inside nested sections (PreSelect's `references[1].checkpoint`), join the corpus inputs."""
+    ref_a, ref_b, target = tmp_path / "a", tmp_path / "b", tmp_path / "target.jsonl"
+    _fake_checkpoint(ref_a, b"a-1")
+    _fake_checkpoint(ref_b, b"b-1")
+    target.write_text('{"text": "the target"}\n')
+    steps = (f"corpus.steps=[{{step: perplexity_score, checkpoint: '{ref_a}'}}, "
+             f"{{step: preselect, references: [{{checkpoint: '{ref_a}', score: 1}}, {{checkpoint: '{ref_b}', "
+             f"score: 2}}]}}, {{step: fasttext_score, positive: [{{path: '{target}'}}], negative: [{{source: x}}]}}]")
+    recipe = load_recipe("demo", [steps])
+    recs = inputs.stage_inputs(recipe, "corpus")
+    assert "step 0 perplexity_score checkpoint model.safetensors" in recs
+    assert "step 1 preselect references[1] checkpoint model.safetensors" in recs
+    assert f"step 2 fasttext_score positive[0] path {target}" in recs
+    fp = _corpus_fp(recipe)
+    _fake_checkpoint(ref_b, b"b-2")  # the second reference was retrained
+    assert _corpus_fp(recipe) != fp
+    fp = _corpus_fp(recipe)
+    target.write_text('{"text": "another target"}\n')
+    assert _corpus_fp(recipe) != fp
