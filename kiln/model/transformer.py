@@ -13,6 +13,8 @@ tokens -> embedding -> n_layer x Block -> RMSNorm -> hidden states (B, T, d_mode
   positions are given per token, so packed documents can restart at 0. ``positions: learned`` adds an
   absolute position embedding to the input instead; ``none`` uses no positions at all (MP3).
 - Attention masks (``attention.py``): causal, bidirectional or prefix-LM, inside packed documents.
+- Head masking (``masked_heads`` / ``head_mask``): a masked head's output is zeroed, or (``head_mask_mode:
+  uniform``) its attention made uniform over the visible keys (``attention.py``).
 - Grouped-query attention (Ainslie et al. 2023): ``n_kv_head`` key/value heads shared by groups of
   ``n_head / n_kv_head`` query heads; the kernel is ``F.scaled_dot_product_attention``, or
   FlexAttention block masks for packed documents on GPU (``flex.py``, ``attention_backend``).
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kiln.model.attention import Attention, apply_rope, attention_mask, rope_tables
+from kiln.model.attention import HEAD_MASK_MODES, Attention, apply_rope, attention_mask, rope_tables
 from kiln.model.backends import resolve_backend
 from kiln.model.config import TransformerConfig
 from kiln.model.mask import AttentionMask
@@ -107,10 +109,11 @@ class Block(nn.Module):
         kv_cache: KVCache | None = None,
         head_mask: Tensor | None = None,
         need_weights: bool = False,
+        head_mask_mode: str = "zero",
     ) -> Tensor | tuple[Tensor, Tensor | None]:
         """x (B, T, d) -> (B, T, d), and the attention probabilities with ``need_weights`` (see Attention)."""
         attn_in = x if self.post_norm else self.attn_norm(x)
-        a = self.attn(attn_in, mask, rope, kv_cache, head_mask, need_weights)
+        a = self.attn(attn_in, mask, rope, kv_cache, head_mask, need_weights, head_mask_mode)
         a, probs = a if need_weights else (a, None)
         if self.post_norm:
             x = self.attn_norm(x + a)
@@ -203,6 +206,7 @@ class Transformer(nn.Module):
         inputs_embeds: Tensor | None = None,
         masked_heads: Sequence[Sequence[int]] | None = None,
         head_mask: Tensor | None = None,
+        head_mask_mode: str | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> Tensor | BackboneOutput:
@@ -215,8 +219,10 @@ class Transformer(nn.Module):
         attention: causal | bidirectional | prefix for this call (None = ``config.attention``); prefix: its
         per-row length (B,) or per-token flag (B, T); mask: an explicit (B, T, T) visibility (see mask.py).
         inputs_embeds: (B, T, d_model) used instead of looking ``tokens`` up.
-        masked_heads / head_mask: heads to silence (see :meth:`head_mask`); output_attentions runs the eager
-        backend for this call.
+        masked_heads / head_mask: heads to silence (see :meth:`head_mask`); head_mask_mode: how a masked head is
+        silenced, ``zero`` (its output scaled by the mask) or ``uniform`` (its attention weights made uniform over
+        the visible keys; AttentionInfluence, Hua et al. 2025); None = ``config.head_mask_mode`` when the config
+        has one, else ``zero``. output_attentions runs the eager backend for this call.
         """
         x = self.tok_emb(tokens) if inputs_embeds is None else inputs_embeds
         B, T = x.shape[:2]
@@ -240,6 +246,9 @@ class Transformer(nn.Module):
                                       segments=segments, prefix=prefix, explicit=mask, start=start,
                                       cached=kv_cache is not None)
         scale = self.head_mask(masked_heads, head_mask, x.device)
+        mode = head_mask_mode or getattr(cfg, "head_mask_mode", "zero")
+        if mode not in HEAD_MASK_MODES:
+            raise ValueError(f"head_mask_mode must be one of {HEAD_MASK_MODES}, got {mode!r}")
 
         hidden_states: list[Tensor] = []
         attentions: list[Tensor] = []
@@ -248,10 +257,10 @@ class Transformer(nn.Module):
                 hidden_states.append(x)
             layer_mask = scale[i] if scale is not None else None
             if output_attentions:
-                x, probs = block(x, visible, rope, kv_cache, layer_mask, True)
+                x, probs = block(x, visible, rope, kv_cache, layer_mask, True, mode)
                 attentions.append(probs)
             else:
-                x = block(x, visible, rope, kv_cache, layer_mask)
+                x = block(x, visible, rope, kv_cache, layer_mask, False, mode)
         if kv_cache is not None:
             kv_cache.advance(T)
         if not (output_hidden_states or output_attentions):
