@@ -160,6 +160,9 @@ def _step_inputs(c: _Collector, recipe: Any, run_root: Path | None) -> None:
                 asset(f"{where} asset badwords_en", "badwords_en")
         elif kind == "language":
             asset(f"{where} asset lid176", "lid176")
+        elif kind == "prox":
+            if step.generator == "learned" and step.model:
+                c.tree(f"{where} model {step.model}", rel(step.model))
         else:
             _marked_inputs(c, step, where, rel)
 

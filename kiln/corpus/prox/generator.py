@@ -4,8 +4,9 @@ A :class:`ProgramGenerator` turns a document into a :class:`Program`: one doc-le
 program per chunk. Chunks are runs of whole lines (at most ``max_chunk_lines`` lines and about
 ``max_chunk_chars`` characters); :func:`render_chunk` shows a chunk the way ProX prompts its model,
 each line prefixed with its global index ``[NNN]``, which is what the chunk programs' line numbers refer
-to. A model-based generator (a small LM fine-tuned on (document, program) pairs) implements the same
-interface; :class:`RuleBasedGenerator` emits programs from patterns for boilerplate:
+to. A model-based generator (a small LM fine-tuned on (document, program) pairs:
+:class:`kiln.corpus.prox.learned.LearnedGenerator`, trained on :mod:`kiln.corpus.prox.pairs`) implements the
+same interface; :class:`RuleBasedGenerator` emits programs from patterns for boilerplate:
 
 - ``gutenberg``: Project Gutenberg headers (everything up to ``*** START OF ... PROJECT GUTENBERG``) and
   licences (from ``*** END OF ... PROJECT GUTENBERG`` / ``End of the Project Gutenberg`` to the end), and

@@ -1,8 +1,10 @@
 """The ``prox`` corpus step: generate a program per document, execute it, log it; and replay a log.
 
 ProX (Zhou et al. 2024, "Programming Every Example") refines documents by executing programs. Here the
-generator is chosen in the recipe (``generator: rules``; a model-based generator plugs in through
-:class:`kiln.corpus.prox.generator.ProgramGenerator`), every program is written to
+generator is chosen in the recipe: ``generator: rules`` (:class:`~kiln.corpus.prox.generator.RuleBasedGenerator`)
+or ``generator: learned`` with ``model: <folder>`` (a small kiln LM trained on (chunk, program) pairs,
+:class:`~kiln.corpus.prox.learned.LearnedGenerator`; its chunking comes from the model folder, so
+``max_chunk_lines`` / ``max_chunk_chars`` apply to the rule generator only). Every program is written to
 ``prox_programs.jsonl`` in the corpus stage folder (one row per document: ``id``, ``generator``,
 ``doc_program``, ``chunk_programs``, ``outcome``, ``errors``), and :func:`replay` re-applies a log to the
 same input documents with identical output, whatever generated the programs.
@@ -14,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kiln.atomic import staged_path
 from kiln.corpus.artifacts import stage_dir
@@ -29,7 +31,10 @@ assert set(Rule.__args__) == set(RULES)  # type: ignore[attr-defined]
 
 class ProxParams(StepParams):
     step: Literal["prox"] = "prox"
-    generator: Literal["rules"] = "rules"
+    generator: Literal["rules", "learned"] = "rules"
+    model: str | None = Field(None, description="learned: the generator folder (kiln.corpus.prox.learned)")
+    max_new_tokens: int | None = Field(None, ge=1, description="learned: tokens decoded per chunk (default: "
+                                       "the model folder's)")
     rules: list[Rule] = Field(default_factory=lambda: ["gutenberg", "page_numbers", "line_numbers"])
     drop_share: float = Field(0.9, gt=0.0, le=1.0, description="rules: drop_doc() when this share of lines is noise")
     max_chunk_lines: int = Field(64, ge=1)
@@ -39,11 +44,25 @@ class ProxParams(StepParams):
     max_errors: int = Field(2, ge=1, description="with this many malformed operations the original is kept")
     log_file: str = PROGRAMS_FILE
 
+    @model_validator(mode="after")
+    def _model_for_learned(self) -> ProxParams:
+        if self.generator == "learned" and not self.model:
+            raise ValueError("prox: generator: learned needs `model:` (a folder made by "
+                             "kiln.train.prox_generator.train_generator)")
+        return self
+
     def exec_config(self) -> ExecConfig:
         return ExecConfig(self.max_remaining_ratio, self.min_words, self.max_errors)
 
 
-def make_generator(params: ProxParams) -> ProgramGenerator:
+def make_generator(params: ProxParams, ctx: StepContext | None = None) -> ProgramGenerator:
+    """The recipe's generator; a relative ``model`` path is resolved against the run directory (``ctx.resolve``)."""
+    if params.generator == "learned":
+        from kiln.corpus.prox.learned import LearnedGenerator
+
+        assert params.model is not None  # the validator guarantees it
+        path = ctx.resolve(params.model) if ctx is not None else Path(params.model)
+        return LearnedGenerator(path, params.max_new_tokens)
     return RuleBasedGenerator(tuple(params.rules), params.drop_share, params.max_chunk_lines, params.max_chunk_chars)
 
 
@@ -85,7 +104,7 @@ def read_log(path: Path) -> dict[str, Program]:
 
 def run(docs: list[Doc], params: ProxParams, ctx: StepContext) -> tuple[list[Doc], StepReport]:
     """Generate, execute and log a program for every document."""
-    gen = make_generator(params)
+    gen = make_generator(params, ctx)
     rep = StepReport(ctx.step or params.step, docs_in=len(docs))
     programs: dict[str, Program] = {}
     generated = []
