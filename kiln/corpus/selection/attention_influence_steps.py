@@ -26,6 +26,7 @@ from pydantic import Field
 
 from kiln.corpus.scoring.base import ScorerParams, scorer_step
 from kiln.corpus.steps.base import Doc, StepContext
+from kiln.section import INPUT_FILE, INPUT_MODEL, INPUT_TREE
 
 INDUCTION_PERIOD = 128  # tokens of the repeated span of the induction detector (less when the context is shorter)
 
@@ -33,8 +34,9 @@ INDUCTION_PERIOD = 128  # tokens of the repeated span of the induction detector 
 class AttentionInfluenceParams(ScorerParams):
     step: Literal["attention_influence"] = "attention_influence"
     checkpoint: str = Field(description="run dir, train/ or checkpoints/ folder, a step-N folder or a kiln export "
-                                        "(relative paths resolve against the run dir)")
-    tokenizer: str | None = Field(None, description="tokenizer folder; default: the tokenizer/ of the checkpoint's run")
+                                        "(relative paths resolve against the run dir)", json_schema_extra=INPUT_MODEL)
+    tokenizer: str | None = Field(None, description="tokenizer folder; default: the tokenizer/ of the checkpoint's run",
+                                  json_schema_extra=INPUT_TREE)
     heads: list[tuple[int, int]] | None = Field(None, description="[[layer, head], ...] to mask; None = detect")
     top_fraction: float = Field(0.05, gt=0.0, le=1.0, description="share of all heads masked (at least one)")
     detector: Literal["kv", "induction"] = Field("kv", description="kv: key-value retrieval prompts (the paper); "
@@ -46,7 +48,8 @@ class AttentionInfluenceParams(ScorerParams):
     key_chars: int = Field(32, ge=1, description="characters of each random alphanumeric key")
     max_value_tokens: int = Field(30, ge=1, description="tokens of each value at most")
     values_file: str | None = Field(None, description="text file, one value (e.g. a sentence) per line; default: "
-                                                      "random words of the tokenizer's vocabulary")
+                                                      "random words of the tokenizer's vocabulary",
+                                        json_schema_extra=INPUT_FILE)
     max_tokens: int = Field(1024, ge=2, description="tokens per document scored (from its start)")
     batch_size: int = Field(16, ge=1, description="model windows per forward pass")
     seed: int = Field(0, description="seed of the detection prompts")
