@@ -112,6 +112,17 @@ def test_scorer_writes_the_column_in_batches_and_isolates_a_failing_document() -
     assert [d.get("length_score") is None for d in only_a] == [False, True, False]
 
 
+def test_random_score_is_a_seeded_uniform_draw_by_id() -> None:
+    from kiln.corpus.scoring.builtin import RandomScoreParams, random_score
+
+    docs = _docs(400)
+    a = random_score(None, docs, RandomScoreParams(), StepContext())
+    assert np.array_equal(a[::-1], random_score(None, docs[::-1], RandomScoreParams(), StepContext()))
+    assert 0.4 < a.mean() < 0.6 and a.min() >= 0 and a.max() < 1
+    b = random_score(None, docs, RandomScoreParams(seed=1), StepContext())
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.2
+
+
 def test_builtin_scorers_are_registered_with_their_streaming_kind() -> None:
     assert REGISTRY["toxicity_score"].per_doc and REGISTRY["perplexity_score"].per_doc
     assert not REGISTRY["fasttext_score"].per_doc and REGISTRY["select"].two_pass is not None

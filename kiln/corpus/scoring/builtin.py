@@ -1,4 +1,4 @@
-"""kiln's built-in scorers: ``perplexity_score``, ``fasttext_score`` and ``toxicity_score``.
+"""kiln's built-in scorers: ``perplexity_score``, ``fasttext_score``, ``toxicity_score`` and ``random_score``.
 
 Each writes a score column and removes nothing; follow it with ``select`` (:mod:`kiln.corpus.scoring.select`).
 The older filter steps are these scorers fused with one rule: ``perplexity`` = ``perplexity_score`` +
@@ -12,6 +12,8 @@ The older filter steps are these scorers fused with one rule: ``perplexity`` = `
   (Joulin et al. 2017), cross-fitted by default (:mod:`kiln.corpus.learned.fasttext_filter`). Whole corpus: the
   classifier is trained on corpus documents.
 - ``toxicity_score``: the share of a document's words on a word list (default kiln's ``badwords_en``).
+- ``random_score``: a uniform draw from ``sha256("{seed}:random:{id}")``: the random-selection baseline every
+  selection method is compared with (``select`` on it keeps a random share of documents or characters).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from kiln.corpus.learned.params import DocSelector
-from kiln.corpus.scoring.base import ScorerParams, scorer_step
+from kiln.corpus.scoring.base import ScorerParams, no_setup, scorer_step
 from kiln.corpus.steps.base import Doc, StepContext
 from kiln.section import INPUT_MODEL, INPUT_TREE
 
@@ -97,8 +99,20 @@ def toxicity_score(listed: Any, docs: list[Doc], params: ToxicityScoreParams, ct
     return np.array([bad_word_ratio(d["text"], listed) for d in docs], dtype=np.float64)
 
 
+class RandomScoreParams(ScorerParams):
+    step: Literal["random_score"] = "random_score"
+    seed: int = Field(0, description="seed of the draw (a different seed, a different random selection)")
+
+
+def random_score(_: None, docs: list[Doc], params: RandomScoreParams, ctx: StepContext) -> np.ndarray:
+    from kiln.corpus.mix import draw
+
+    return np.array([draw(f"random:{d['id']}", params.seed) for d in docs], dtype=np.float64)
+
+
 STEPS = [
     scorer_step(PerplexityScoreParams, perplexity_setup, perplexity_score, per_doc=True),
     scorer_step(FastTextScoreParams, fasttext_setup, fasttext_score, per_doc=False),
     scorer_step(ToxicityScoreParams, toxicity_setup, toxicity_score, per_doc=True),
+    scorer_step(RandomScoreParams, no_setup, random_score, per_doc=True),
 ]
