@@ -34,7 +34,20 @@ class DocSelector(Section):
         return self
 
 
-class FastTextQualityParams(StepParams):
+class FastTextFields(Section):
+    """fastText training settings shared by every step that trains a classifier (Joulin et al. 2017)."""
+
+    max_chars: int = Field(20000, gt=0, description="characters of each document given to fastText")
+    epoch: int = Field(5, ge=1)
+    lr: float = Field(0.1, gt=0.0)
+    dim: int = Field(32, ge=2)
+    word_ngrams: int = Field(2, ge=1)
+    min_count: int = Field(1, ge=1)
+    bucket: int = Field(200_000, ge=1000, description="hash buckets for n-grams (memory: bucket x dim floats)")
+    seed: int = 0
+
+
+class FastTextQualityParams(StepParams, FastTextFields):
     step: Literal["fasttext_quality"] = "fasttext_quality"
     positive: list[DocSelector] = Field(min_length=1, description="documents of the class to keep")
     negative: list[DocSelector] = Field(min_length=1, description="documents of the class to remove")
@@ -44,14 +57,6 @@ class FastTextQualityParams(StepParams):
     apply_to: list[str] = Field(default_factory=list, description="source labels to filter; [] = every document")
     score_field: str | None = Field(None, description="store P(positive) in this metadata field")
     model_file: str = "fasttext_quality.bin"
-    max_chars: int = Field(20000, gt=0, description="characters of each document given to fastText")
-    epoch: int = Field(5, ge=1)
-    lr: float = Field(0.1, gt=0.0)
-    dim: int = Field(32, ge=2)
-    word_ngrams: int = Field(2, ge=1)
-    min_count: int = Field(1, ge=1)
-    bucket: int = Field(200_000, ge=1000, description="hash buckets for n-grams (memory: bucket x dim floats)")
-    seed: int = 0
     cross_fit: int = Field(5, ge=0, description="folds: each document is scored by a classifier trained without "
                            "its fold, so none is scored by a model that saw it; 0 = one classifier scores its own "
                            "training documents (in-sample, optimistic)")

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from kiln.corpus.learned.params import DocSelector
+from kiln.corpus.learned.params import DocSelector, FastTextFields
 from kiln.corpus.scoring.base import ScorerParams, no_setup, scorer_step
 from kiln.corpus.steps.base import Doc, StepContext
 from kiln.section import INPUT_MODEL, INPUT_TREE
@@ -53,19 +53,11 @@ def perplexity_score(ref: Any, docs: list[Doc], params: PerplexityScoreParams, c
     return score_docs(ref, [d["text"] for d in docs], params)
 
 
-class FastTextScoreParams(ScorerParams):
+class FastTextScoreParams(ScorerParams, FastTextFields):
     step: Literal["fasttext_score"] = "fasttext_score"
     positive: list[DocSelector] = Field(min_length=1, description="documents of the class scored high")
     negative: list[DocSelector] = Field(min_length=1, description="documents of the class scored low")
     model_file: str = "fasttext_score.bin"
-    max_chars: int = Field(20000, gt=0, description="characters of each document given to fastText")
-    epoch: int = Field(5, ge=1)
-    lr: float = Field(0.1, gt=0.0)
-    dim: int = Field(32, ge=2)
-    word_ngrams: int = Field(2, ge=1)
-    min_count: int = Field(1, ge=1)
-    bucket: int = Field(200_000, ge=1000, description="hash buckets for n-grams (memory: bucket x dim floats)")
-    seed: int = 0
     cross_fit: int = Field(5, ge=0, description="folds (see fasttext_quality); 0 = in-sample")
 
 

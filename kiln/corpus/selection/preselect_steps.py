@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from kiln.corpus.learned.params import FastTextFields
 from kiln.corpus.scoring.base import ScorerParams, scorer_step
 from kiln.corpus.steps.base import Doc, StepContext
 from kiln.section import INPUT_FILE, INPUT_MODEL, INPUT_TREE, Section
@@ -45,7 +46,7 @@ class PreSelectReference(Section):
                                   json_schema_extra=INPUT_FILE)
 
 
-class PreSelectParams(ScorerParams):
+class PreSelectParams(ScorerParams, FastTextFields):
     step: Literal["preselect"] = "preselect"
     references: list[PreSelectReference] = Field(min_length=2, description="the reference models (at least 2)")
     rank_by: str | None = Field(None, description="metric path into each reference's eval metrics.json (e.g. "
@@ -60,17 +61,10 @@ class PreSelectParams(ScorerParams):
     batch_size: int = Field(16, ge=1, description="model windows per forward pass")
     threads: int | None = Field(None, ge=1, description="torch CPU threads while computing losses (None = unchanged)")
     model_file: str = Field("preselect.bin", description="the classifier, saved in the corpus stage folder")
-    max_chars: int = Field(20000, gt=0, description="characters of each document given to fastText")
-    epoch: int = Field(3, ge=1)
-    lr: float = Field(0.1, gt=0.0)
-    dim: int = Field(32, ge=2)
-    word_ngrams: int = Field(2, ge=1)
-    min_count: int = Field(1, ge=1)
-    bucket: int = Field(200_000, ge=1000, description="hash buckets for n-grams (memory: bucket x dim floats)")
+    epoch: int = Field(3, ge=1, description="fastText epochs (the paper's 3)")
     cross_fit: int = Field(0, ge=0, description="folds: each document is scored by a classifier trained without "
                            "its fold (and the held-out AUC is reported); 0 = one classifier scores every document, "
                            "its training documents included (the paper)")
-    seed: int = 0
 
     @model_validator(mode="after")
     def _scores_known(self) -> PreSelectParams:
