@@ -36,7 +36,7 @@ from kiln.corpus.artifacts import stage_dir
 from kiln.corpus.steps.base import Doc, StepContext, StepDef, StepParams, StepReport, nbytes
 
 Scalar = str | int | float | bool
-_REPEAT = re.compile(r"#r\d+$")
+_REPEAT = re.compile(r"(#r\d+|#aug\d+)+$")  # mixed copies (mix) and augmented copies (augment)
 
 
 class MixParams(StepParams):
@@ -77,7 +77,8 @@ def draw(doc_id: str, seed: int) -> float:
 
 
 def base_id(doc_id: str) -> str:
-    """The original id of a mixed copy (``a#r2`` -> ``a``)."""
+    """The original id of a mixed or augmented copy (``a#r2``, ``a#aug1``, ``a#r2#aug0`` -> ``a``): the split
+    draws by it, so a copy always lands in its original's split."""
     return _REPEAT.sub("", doc_id)
 
 

@@ -61,15 +61,20 @@ def _genre(row: Row) -> tuple[str, str] | None:
     return (PLAY_GENRE[play], play) if play in PLAY_GENRE else None
 
 
+def _group(row: Row) -> str:
+    """The probe split's group of a row: an augmented copy stays on its original's side."""
+    return str(row.get("augmented_from") or row["id"])
+
+
 def _module(row: Row) -> tuple[str, str] | None:
     mod = row.get("module")
-    return (mod, row["id"]) if mod else None
+    return (mod, _group(row)) if mod else None
 
 
 def _column(name: str) -> Callable[[Row], tuple[str, str] | None]:
     def label(row: Row) -> tuple[str, str] | None:
         value = row.get(name)
-        return None if value is None else (str(value), row["id"])
+        return None if value is None else (str(value), _group(row))
 
     return label
 
