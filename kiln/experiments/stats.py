@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 LOWER_IS_BETTER = ("bpb", "loss", "perplexity", "ppl")
-HIGHER_IS_BETTER = ("acc", "acc_norm", "accuracy", "f1", "exact_match")
+HIGHER_IS_BETTER = ("acc", "acc_norm", "accuracy", "f1", "exact_match", "gain")
 
 
 # --- Student t -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def task_blocks(metrics: Any) -> list[Block]:
     tasks = metrics.get("tasks") if isinstance(metrics, dict) else None
     if not tasks:
         return [Text("no downstream tasks scored (`kiln eval --tasks a,b` or eval.tasks)", missing=True)]
-    rows, bpb, skipped = [], [], []
+    rows, bpb, gain, skipped = [], [], [], []
     for name, r in tasks.items():
         if r.get("kind") == "choice":
             rows.append([name, fmt(r["acc"]), _ci(r, "acc_ci"), fmt(r["acc_norm"]), fmt(r["chance"]),
@@ -28,6 +28,9 @@ def task_blocks(metrics: Any) -> list[Block]:
                          f"{r['n_items']} ({r.get('shots', 0)}-shot)"])
         elif r.get("kind") == "bpb":
             bpb.append([name, fmt(r["bpb"]), fmt(r["n_docs"]), fmt(r["n_bytes"])])
+        elif r.get("kind") == "context_gain":
+            gain.append([name, fmt(r["gain"]), _ci(r, "gain_ci"), fmt(r["bpb_related"]), fmt(r["bpb_unrelated"]),
+                         fmt(r["bpb_none"]), fmt(r["n_triples"])])
         else:
             skipped.append(f"{name}: {r.get('skipped', 'not scored')}")
     blocks: list[Block] = []
@@ -38,6 +41,12 @@ def task_blocks(metrics: Any) -> list[Block]:
             "items; majority = always the most common answer. Per-item predictions: eval/tasks/<task>.jsonl")]
     if bpb:
         blocks.append(Table(["held-out text", "bits per byte", "documents", "bytes"], bpb))
+    if gain:
+        blocks += [Table(["context gain", "gain (bpb)", "gain 95% CI", "bpb after related", "bpb after unrelated",
+                          "bpb alone", "triples"], gain),
+                   Text("gain = bits per byte of a held-out document after an unrelated held-out document minus "
+                        "after its most similar one (positive: the model uses related context); per-triple bits: "
+                        "eval/tasks/<task>.jsonl")]
     if skipped:
         blocks.append(Text("; ".join(skipped)))
     return blocks

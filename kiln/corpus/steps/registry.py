@@ -24,13 +24,14 @@ MODULES = (
     "kiln.corpus.steps.subdoc",
     "kiln.corpus.steps.plant",
     "kiln.corpus.steps.toxicity",
+    "kiln.corpus.steps.shuffle",
     "kiln.corpus.scoring.select",
     "kiln.corpus.scoring.builtin",
     "kiln.corpus.learned.steps",
     "kiln.corpus.prox.steps",
     "kiln.corpus.mix",
 )
-OPTIONAL = frozenset(MODULES[9:])
+OPTIONAL = frozenset({"kiln.corpus.learned.steps", "kiln.corpus.prox.steps", "kiln.corpus.mix"})
 
 
 def _selection_modules() -> list[str]:

@@ -9,7 +9,8 @@ Steps, the same for every built-in choice task:
 5. each template of ``templates.yaml`` renders the same questions, in the same order; with ``shots=k``, each
    question gets ``k`` solved questions from *other* held-out documents (drawn from the unused candidates).
 A held-out bits-per-byte task (``bpb-*``) returns up to ``max_items`` held-out documents instead, chosen the
-same way and cut at a line end within :data:`BPB_CHARS` characters. ``jsonl:PATH`` reads a user's file
+same way and cut at a line end within :data:`BPB_CHARS` characters. A ``context-gain-*`` task returns triples
+(target, related, unrelated held-out document; :mod:`kiln.eval.tasks.context_gain`). ``jsonl:PATH`` reads a user's file
 (:mod:`kiln.eval.tasks.jsonl_task`): its first ``max_items`` questions in file order, no held-out check.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from kiln.eval.tasks import builders_pydocs as py
 from kiln.eval.tasks import builders_shakespeare as shk
+from kiln.eval.tasks import context_gain as cg
 from kiln.eval.tasks.heldout import drop_train_docs, train_doc_ids
 from kiln.eval.tasks.items import TaskSet
 from kiln.eval.tasks.jsonl_task import GIVEN, read_questions
@@ -73,7 +75,8 @@ BPB_TASKS: dict[str, BpbTask] = {
     "bpb-pydocs": BpbTask("bits per byte on held-out stdlib docstrings", "pydocs", lambda d: True),
 }  # fmt: skip
 TASKS: dict[str, str] = {**{k: v.description for k, v in CHOICE_TASKS.items()},
-                         **{k: v.description for k, v in BPB_TASKS.items()}}  # fmt: skip
+                         **{k: v.description for k, v in BPB_TASKS.items()},
+                         **{k: v.description for k, v in cg.TASKS.items()}}  # fmt: skip
 
 
 def task_names_help() -> str:
@@ -89,12 +92,14 @@ def build_task(name: str, recipe: Recipe, run: RunDir | None = None, *, max_item
         return _jsonl_task(name, max_items, shots, seed)
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; tasks: {task_names_help()}")
-    spec: ChoiceTask | BpbTask = CHOICE_TASKS.get(name) or BPB_TASKS[name]
+    spec: ChoiceTask | BpbTask | cg.ContextGainSpec = CHOICE_TASKS.get(name) or BPB_TASKS.get(name) or cg.TASKS[name]
     pool = load_pool(spec.pool, recipe)
     candidates = [d for d in pool.docs if spec.accepts(d)]
     docs, dropped = drop_train_docs(candidates, train_doc_ids(run) if run is not None else None)
     info = {**pool.info(), "candidate_docs": len(candidates), "dropped_in_train": dropped,
             "run": str(run.root) if run is not None else None, "seed": seed, "max_items": max_items}  # fmt: skip
+    if isinstance(spec, cg.ContextGainSpec):
+        return cg.build_context_gain(name, docs, seed=seed, max_items=max_items, info=info)
     if isinstance(spec, BpbTask):
         chosen = sorted(docs, key=lambda d: (stable_int(seed, name, d["id"]), d["id"]))[:max_items]
         if not chosen:

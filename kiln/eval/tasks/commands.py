@@ -33,6 +33,10 @@ def task_lines(metrics: dict) -> list[str]:
                 f"(± {r['acc_template_std']:.3f} across {len(r['templates'])} templates), acc_norm "
                 f"{r['acc_norm']:.3f}; chance {r['chance']:.3f}, majority {r['majority']:.3f}; "
                 f"{r['n_items']} items, {r['shots']}-shot")
+        elif r.get("kind") == "context_gain":
+            from kiln.eval.tasks.context_gain import summary_line
+
+            lines.append(summary_line(key, r))
         else:
             lines.append(f"task {key}: {r.get('skipped', 'not scored')}")
     return lines

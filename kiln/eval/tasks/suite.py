@@ -8,7 +8,8 @@ Every template renders the same questions; the task's accuracy is the mean over 
 questions (Efron & Tibshirani 1993) of the template-mean accuracy, 1000 resamples with a fixed seed. Baselines:
 ``chance`` = mean over questions of 1 / number of choices; ``majority`` = share of questions whose gold label
 is the most common gold label (always answering the most common class). A ``bpb`` task reports bits per byte
-of held-out documents (:func:`kiln.eval.lm.evaluate_lm`).
+of held-out documents (:func:`kiln.eval.lm.evaluate_lm`); a ``context_gain`` task the bits per byte of a
+document after a related vs an unrelated one (:mod:`kiln.eval.tasks.context_gain`).
 """
 
 from __future__ import annotations
@@ -108,15 +109,20 @@ def score_task(scorer: Scorer, ts: TaskSet, token_bytes: np.ndarray, out_dir: Pa
                key: str | None = None, seed: int = 0) -> dict:
     """One task's result. Under ``out_dir``: ``<key>.task.json`` (how the task was built and every corpus
     document it used) and, for a choice task, the per-item predictions ``<key>.jsonl``."""
-    if ts.kind not in ("bpb", "choice"):
-        raise ValueError(f"task {ts.name}: unknown kind {ts.kind!r} (expected choice or bpb)")
+    from kiln.eval.tasks import context_gain as cg
+
+    if ts.kind not in ("bpb", "choice", cg.KIND):
+        raise ValueError(f"task {ts.name}: unknown kind {ts.kind!r} (expected choice, bpb or {cg.KIND})")
     key = key or task_key(ts.name)
     if out_dir is not None:
         atomic.write_json(Path(out_dir) / f"{key}.task.json",
                           {"task": ts.name, "info": ts.info, "doc_ids": sorted(ts.doc_ids())})
     if ts.kind == "bpb":
         return score_bpb(scorer, ts, token_bytes)
-    res, rows = score_choice(scorer, ts, seed=seed)
+    if ts.kind == cg.KIND:
+        res, rows = cg.score_context_gain(scorer, ts, token_bytes, seed=seed)  # type: ignore[arg-type]
+    else:
+        res, rows = score_choice(scorer, ts, seed=seed)
     if out_dir is not None:
         atomic.write_text(Path(out_dir) / f"{key}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return res
@@ -161,6 +167,11 @@ def run_tasks(recipe, run, model, device, names: list[str], out_dir: Path | None
         key = task_key(name)
         results[key] = score_task(scorer, ts, token_bytes, out_dir, key, seed=seed)
         r = results[key]
+        if r["kind"] == "context_gain":
+            from kiln.eval.tasks.context_gain import summary_line
+
+            log(summary_line(key, r))
+            continue
         log(f"task {key}: " + (f"bpb {r['bpb']:.3f}" if r["kind"] == "bpb" else
                                f"acc {r['acc']:.3f} acc_norm {r['acc_norm']:.3f} (chance {r['chance']:.3f}, "
                                f"majority {r['majority']:.3f}, {r['n_items']} items)"))
