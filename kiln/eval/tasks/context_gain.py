@@ -11,8 +11,9 @@ Building (:func:`build_context_gain`, from the same held-out pools and train-spl
 
 1. candidates: the pool's held-out documents the task accepts (``context-gain-shakespeare``: modern-spelling
    scenes; ``context-gain-pydocs``: stdlib docstrings) with at least :data:`MIN_CHARS` characters;
-2. every candidate is embedded with the hashing bag-of-words of :mod:`kiln.corpus.selection.embed` (the
-   embedding ``icp_order`` orders by, its defaults);
+2. every candidate is embedded with the hashing bag-of-words of :mod:`kiln.corpus.selection.embed`, IDF-weighted
+   over the candidates, 4096 buckets (:data:`EMBED`; on modern-spelling scenes a scene's nearest neighbour is from
+   its own play 0.83 of the time, against 0.40 with the default 1024 buckets and no IDF);
 3. targets ``B``: up to ``max_items`` candidates in the order of ``sha256(seed:task:id)``;
 4. ``A`` = ``B``'s most similar other candidate with cosine <= :data:`DUP_COSINE` (no near-duplicates, no
    identical text); ``C`` = a seeded draw among the candidates whose cosine to ``B`` is at most the median of
@@ -53,6 +54,7 @@ from kiln.eval.tasks.templates import stable_int
 KIND = "context_gain"
 TARGET_TOKENS = 128  # tokens of B scored (fewer when the model's window is short)
 MIN_CHARS = 200  # candidates shorter than this are not used (too few tokens to score or to give context)
+EMBED = {"dim": 4096, "idf": True}  # how candidates are embedded (see step 2 above)
 DUP_COSINE = 0.9  # A must be at most this similar to B (semantic near-duplicates excluded, as icp_order's dedup)
 TARGET_CHARS = 4000  # characters of B's start kept in the task (enough for TARGET_TOKENS tokens)
 CONTEXT_CHARS = 8000  # characters of A's / C's end kept (enough for any context window used here)
@@ -105,14 +107,14 @@ class ContextGainSet(TaskSet):
 def build_context_gain(name: str, docs: list[dict[str, Any]], *, seed: int, max_items: int,
                        info: dict[str, Any]) -> ContextGainSet:
     """Triples from held-out ``docs`` (already filtered to the task's documents, the train split dropped)."""
-    from kiln.corpus.selection.embed import embed_texts
+    from kiln.corpus.selection.embed import EmbedParams, embed_texts
 
     spec = TASKS[name]
     cands = [d for d in docs if len(d["text"].strip()) >= MIN_CHARS]
     if len(cands) < 3:
         raise ValueError(f"task {name}: {len(cands)} held-out documents of >= {MIN_CHARS} characters; a triple "
                          "needs 3 (raise corpus.val_fraction)")
-    emb = embed_texts([d["text"] for d in cands])
+    emb = embed_texts([d["text"] for d in cands], EmbedParams(**EMBED))
     order = sorted(range(len(cands)), key=lambda i: (stable_int(seed, name, cands[i]["id"]), cands[i]["id"]))
     triples: list[Triple] = []
     skipped = 0
