@@ -45,7 +45,7 @@ def test_report_pages_plots_and_failed_runs(tmp_path):
         assert "Sweep: planted" in text and "full (baseline)" in text
     # a variant with no finished run: no numbers, no interval, said so
     assert rows["broken"]["metrics"]["val_bpb"]["mean"] is None
-    assert rows["broken"]["metrics"]["val_bpb"]["diff"]["note"] == "variant: no finished run"
+    assert rows["broken"]["metrics"]["val_bpb"]["diff"]["note"] == "variant: no run reports it"
     # quality-70 ran seeds 0, 1 and full 0, 2 (seed 1 lost its metrics): one pair only, so unpaired (Welch)
     q = rows["quality-70"]["metrics"]["val_bpb"]["diff"]
     assert q["method"] == "welch" and q["lo"] < q["diff"] < q["hi"]

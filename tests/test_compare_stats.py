@@ -142,7 +142,7 @@ def test_one_seed_gives_a_difference_without_interval():
     assert not d.excludes_zero and d.note == "1 seed"
     d = stats.difference({0: 2.5, 1: 2.6}, {7: 2.4})  # unpaired, one side has one value
     assert d.lo is None and d.note == "1 seed" and d.diff == pytest.approx(0.15)
-    assert stats.difference({}, {0: 1.0}).note == "variant: no finished run"
+    assert stats.difference({}, {0: 1.0}).note == "variant: no run reports it"
 
 
 def test_directions():

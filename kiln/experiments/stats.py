@@ -174,7 +174,7 @@ def difference(variant: Mapping[int, float], baseline: Mapping[int, float], leve
     names the pairs used), Welch's unpaired interval over all values otherwise."""
     if not variant or not baseline:
         side = "variant" if not variant else "baseline"
-        return Difference(None, None, None, "none", 0, note=f"{side}: no finished run")
+        return Difference(None, None, None, "none", 0, note=f"{side}: no run reports it")
     common = sorted(set(variant) & set(baseline))
     if set(variant) == set(baseline) or len(common) >= 2:
         d = paired_interval([variant[s] - baseline[s] for s in common], level)
