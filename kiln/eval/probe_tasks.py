@@ -19,6 +19,10 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from kiln.run import RunDir
 
 Row = dict
 
@@ -117,3 +121,25 @@ def build_task(rows: list[Row], task: str, test_fraction: float = 0.25, seed: in
         raise ValueError(f"probe task {task!r}: the split left {len(train)} train / {len(test)} test documents "
                          f"over {len({d.label for d in train})} train labels; change test_fraction or seed")
     return train, test
+
+
+def run_task(run: RunDir, task: str, test_fraction: float, seed: int
+             ) -> tuple[list[LabelledDoc], list[LabelledDoc], Callable[[list[str]], list[list[int]]]]:
+    """Probe task ``task`` of a kiln run: (train docs, test docs, encode) from its corpus rows (both splits: the
+    probe splits by its own groups) and its tokenizer (no special tokens, no padding or truncation)."""
+    import pyarrow.parquet as pq
+
+    from kiln.corpus.files import split_files
+    from kiln.tokenizer.train import load_tokenizer
+
+    rows = [r for split in ("train", "val") for path in split_files(run.stage("corpus"), split)
+            for r in pq.read_table(path).to_pylist()]
+    train_docs, test_docs = build_task(rows, task, test_fraction, seed)
+    tok = load_tokenizer(run.stage("tokenizer"))
+    tok.no_padding()
+    tok.no_truncation()
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+    return train_docs, test_docs, encode

@@ -290,31 +290,19 @@ def run_pseudo_label_probe(run: Any, task: str, n_labels: int = 100, probe_cfg: 
     """The pipeline on probe task ``task`` of a kiln run (its corpus rows, tokenizer and final checkpoint, as
     ``kiln eval --probe`` reads them); writes ``pseudo-label-<task>.json`` to ``out`` (default: the run's eval
     folder). ``run``: a :class:`kiln.run.RunDir`; ``augment``: see :func:`probe_pseudo_label`."""
-    import pyarrow.parquet as pq
     import torch
 
     from kiln import atomic
     from kiln.artifacts import final_checkpoint
-    from kiln.corpus.files import split_files
     from kiln.eval.probe import ProbeConfig
-    from kiln.eval.probe_tasks import build_task
+    from kiln.eval.probe_tasks import run_task
     from kiln.model.load import load_model
-    from kiln.tokenizer.train import load_tokenizer
 
     cfg = cfg or PseudoLabelConfig()
     ckpt = final_checkpoint(run)
     model = load_model(ckpt, torch.device(device))
     probe_cfg = probe_cfg or ProbeConfig(seq_len=int(model.config.max_seq_len), seed=cfg.seed)
-    rows = [r for split in ("train", "val") for path in split_files(run.stage("corpus"), split)
-            for r in pq.read_table(path).to_pylist()]
-    train_docs, test_docs = build_task(rows, task, probe_cfg.test_fraction, probe_cfg.seed)
-    tok = load_tokenizer(run.stage("tokenizer"))
-    tok.no_padding()
-    tok.no_truncation()
-
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
-
+    train_docs, test_docs, encode = run_task(run, task, probe_cfg.test_fraction, probe_cfg.seed)
     res = {"task": task, "checkpoint": str(ckpt),
            **probe_pseudo_label(model, train_docs, test_docs, encode, n_labels, probe_cfg, cfg, torch.device(device),
                                augment)}

@@ -17,7 +17,7 @@ from kiln.data.shards import open_split
 from kiln.eval.lm import autocast_for, evaluate_lm, unigram_bpb
 from kiln.eval.objective_val import objective_val_loss
 from kiln.eval.probe import ProbeConfig, probe_model
-from kiln.eval.probe_tasks import build_task
+from kiln.eval.probe_tasks import run_task
 from kiln.infer.kind import run_encoder_reason
 from kiln.model.device import resolve_device, resolve_precision
 from kiln.model.load import load_model
@@ -86,25 +86,10 @@ def run_probe(recipe: Recipe, run: RunDir, task: str, cfg: ProbeConfig | None = 
               finetuned: bool = True, out: Path | None = None) -> dict:
     """``kiln eval --probe TASK`` (and ``eval.probes``): probe the final checkpoint on a metadata task; writes
     probe-TASK.json to ``out`` (default: the run's eval folder)."""
-    import pyarrow.parquet as pq
-
-    from kiln.corpus.files import split_files
-    from kiln.tokenizer.train import load_tokenizer
-
     cfg = cfg or ProbeConfig(seq_len=recipe.data.seq_len, seed=recipe.train.seed)
     device = resolve_device(recipe.train.device)
     ckpt = final_checkpoint(run)
-    corpus = run.stage("corpus")
-    rows = [r for split in ("train", "val") for path in split_files(corpus, split)
-            for r in pq.read_table(path).to_pylist()]
-    train_docs, test_docs = build_task(rows, task, cfg.test_fraction, cfg.seed)
-    tok = load_tokenizer(run.stage("tokenizer"))
-    tok.no_padding()
-    tok.no_truncation()
-
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
-
+    train_docs, test_docs, encode = run_task(run, task, cfg.test_fraction, cfg.seed)
     res = {"task": task, "checkpoint": str(ckpt),
            **probe_model(load_model(ckpt, device), train_docs, test_docs, encode, cfg, device, finetuned)}
     name = task.replace(":", "-").replace("/", "-")

@@ -12,7 +12,6 @@ Metric paths are "/"-separated paths into ``eval/metrics.json``: ``val_bpb``, ``
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from kiln.metric_path import metric_value
 from kiln.report.build import json_rows
 
 METRICS_FILE = Path("eval") / "metrics.json"
@@ -59,18 +59,6 @@ class RunResult:
         """The run's own report page, when it has one."""
         page = self.run_dir / "report" / "index.html"
         return page if page.is_file() else None
-
-
-def metric_value(metrics: dict[str, Any], path: str) -> float | None:
-    """Walk "/"-separated ``path`` through nested mappings; a finite number or None."""
-    node: Any = metrics
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, bool) or not isinstance(node, (int, float)) or not math.isfinite(node):
-        return None
-    return float(node)
 
 
 def metric_paths(metrics: dict[str, Any], prefix: str = "") -> list[str]:

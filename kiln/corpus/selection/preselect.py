@@ -44,8 +44,9 @@ import numpy as np
 
 from kiln.corpus.selection.preselect_steps import PreSelectParams, PreSelectReference
 from kiln.corpus.steps.base import Doc, StepContext
+from kiln.metric_path import metric_value
 
-__all__ = ["LabelChoice", "choose_labels", "fit_preselect", "metric_at", "predictive_strength", "reference_losses",
+__all__ = ["LabelChoice", "choose_labels", "fit_preselect", "predictive_strength", "reference_losses",
            "reference_quality", "sample_documents"]
 
 
@@ -146,19 +147,6 @@ def _eval_metrics_file(ckpt: Path) -> Path:
                             "reference's run, or give the reference a `score` or a `metrics` file)")
 
 
-def metric_at(metrics: Any, path: str) -> float | None:
-    """The finite number at "/"-separated ``path`` in nested mappings (as ``kiln.experiments.collect`` reads
-    ``eval/metrics.json``), else None."""
-    node = metrics
-    for part in path.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, bool) or not isinstance(node, (int, float)) or not math.isfinite(node):
-        return None
-    return float(node)
-
-
 def _numbers(metrics: Any, prefix: str = "") -> list[str]:
     """Every path to a number in ``metrics`` (for error messages)."""
     if not isinstance(metrics, dict):
@@ -186,7 +174,7 @@ def _metric(ref: PreSelectReference, index: int, ckpt: Path, rank_by: str, ctx: 
         raise ValueError(f"{where}: {file} is not readable JSON ({exc})") from None
     if not isinstance(metrics, dict):
         raise ValueError(f"{where}: {file} must hold a JSON object of metrics")
-    value = metric_at(metrics, rank_by)
+    value = metric_value(metrics, rank_by)
     if value is None:
         known = _numbers(metrics)
         raise ValueError(f"{where}: {file} has no number at rank_by '{rank_by}' (metric paths there: "
