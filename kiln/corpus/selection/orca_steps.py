@@ -93,16 +93,11 @@ def read_task_examples(path: str | Path) -> list[tuple[str, str]]:
         head = json.loads(first)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: first example is not JSON ({exc.msg} at column {exc.colno})") from None
+    from kiln.eval.tasks.jsonl_task import json_rows, read_questions
+
     if isinstance(head, dict) and "answer" in head:
         out = []
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+        for _, where, row in json_rows("\n".join(lines), path):
             if not isinstance(row, dict):
                 raise ValueError(f"{where}: expected a JSON object with 'context' and 'answer'")
             for key in ("context", "answer"):
@@ -112,8 +107,6 @@ def read_task_examples(path: str | Path) -> list[tuple[str, str]]:
                 raise ValueError(f"{where}: field 'answer' is empty")
             out.append((row["context"], row["answer"]))
         return out
-    from kiln.eval.tasks.jsonl_task import read_questions
-
     return [(q.fields["context"], q.options[q.gold]["choice"]) for q in read_questions(path)]
 
 

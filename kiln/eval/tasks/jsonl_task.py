@@ -9,6 +9,7 @@ choices are scored as given (each carries its own leading space or newline), und
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,19 @@ def _check(row: Any, where: str) -> tuple[str, list[str], int]:
     return context, choices, gold
 
 
+def json_rows(raw: str, path: str | Path) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, "path:line", parsed value)`` of every non-blank line of a JSONL text; a line that is not
+    JSON is a :class:`JsonlTaskError` naming the file, the line and the column."""
+    for lineno, line in enumerate(raw.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield lineno, where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise JsonlTaskError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+
+
 def read_questions(path: str | Path) -> list[Question]:
     """The questions of a task file, in file order."""
     path = Path(path)
@@ -53,14 +67,7 @@ def read_questions(path: str | Path) -> list[Question]:
         raise JsonlTaskError(f"{path}: cannot read the task file ({exc})") from exc
     out: list[Question] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(raw.split("\n"), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise JsonlTaskError(f"{where}: not JSON ({exc.msg} at column {exc.colno})") from None
+    for lineno, where, row in json_rows(raw, path):
         context, choices, gold = _check(row, where)
         qid = str(row.get("id", f"line-{lineno}"))
         if qid in seen:
