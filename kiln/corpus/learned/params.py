@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from kiln.corpus.steps.base import StepParams
-from kiln.section import INPUT_TREE, Section
+from kiln.section import INPUT_MODEL, INPUT_TREE, Section
 
 
 class DocSelector(Section):
@@ -47,6 +47,15 @@ class FastTextFields(Section):
     seed: int = 0
 
 
+class ReferenceModelFields(Section):
+    """A reference kiln model a step scores with (kiln/corpus/learned/refmodel.py); both paths are stage inputs."""
+
+    checkpoint: str = Field(description="run dir, train/ or checkpoints/ folder, a step-N folder or a kiln export "
+                                        "(relative paths resolve against the run dir)", json_schema_extra=INPUT_MODEL)
+    tokenizer: str | None = Field(None, description="tokenizer folder; default: the tokenizer/ of the checkpoint's run",
+                                  json_schema_extra=INPUT_TREE)
+
+
 class FastTextQualityParams(StepParams, FastTextFields):
     step: Literal["fasttext_quality"] = "fasttext_quality"
     positive: list[DocSelector] = Field(min_length=1, description="documents of the class to keep")
@@ -70,11 +79,8 @@ class FastTextQualityParams(StepParams, FastTextFields):
         return self
 
 
-class PerplexityFilterParams(StepParams):
+class PerplexityFilterParams(StepParams, ReferenceModelFields):
     step: Literal["perplexity"] = "perplexity"
-    checkpoint: str = Field(description="run dir, train/ or checkpoints/ folder, or a step-N folder "
-                                        "(relative paths resolve against the run dir)")
-    tokenizer: str | None = Field(None, description="tokenizer folder; default: the run's tokenizer/ stage folder")
     low: float = Field(0.0, ge=0.0, le=100.0, description="lowest kept percentile of bits per byte")
     high: float = Field(100.0, ge=0.0, le=100.0, description="highest kept percentile of bits per byte")
     max_tokens: int = Field(1024, ge=2, description="tokens per document scored (from its start)")

@@ -23,18 +23,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from kiln.corpus.learned.params import DocSelector, FastTextFields
+from kiln.corpus.learned.params import DocSelector, FastTextFields, ReferenceModelFields
 from kiln.corpus.scoring.base import ScorerParams, no_setup, scorer_step
 from kiln.corpus.steps.base import Doc, StepContext
-from kiln.section import INPUT_MODEL, INPUT_TREE
 
 
-class PerplexityScoreParams(ScorerParams):
+class PerplexityScoreParams(ScorerParams, ReferenceModelFields):
     step: Literal["perplexity_score"] = "perplexity_score"
-    checkpoint: str = Field(description="run dir, train/ or checkpoints/ folder, a step-N folder or a kiln export "
-                                        "(relative paths resolve against the run dir)", json_schema_extra=INPUT_MODEL)
-    tokenizer: str | None = Field(None, description="tokenizer folder; default: the tokenizer/ of the checkpoint's run",
-                                  json_schema_extra=INPUT_TREE)
     max_tokens: int = Field(1024, ge=2, description="tokens per document scored (from its start)")
     batch_size: int = Field(16, ge=1, description="model windows per forward pass")
     threads: int | None = Field(None, ge=1, description="torch CPU threads while scoring (None = unchanged)")

@@ -24,19 +24,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from kiln.corpus.learned.params import ReferenceModelFields
 from kiln.corpus.scoring.base import ScorerParams, scorer_step
 from kiln.corpus.steps.base import Doc, StepContext
-from kiln.section import INPUT_FILE, INPUT_MODEL, INPUT_TREE
+from kiln.section import INPUT_FILE
 
 INDUCTION_PERIOD = 128  # tokens of the repeated span of the induction detector (less when the context is shorter)
 
 
-class AttentionInfluenceParams(ScorerParams):
+class AttentionInfluenceParams(ScorerParams, ReferenceModelFields):
     step: Literal["attention_influence"] = "attention_influence"
-    checkpoint: str = Field(description="run dir, train/ or checkpoints/ folder, a step-N folder or a kiln export "
-                                        "(relative paths resolve against the run dir)", json_schema_extra=INPUT_MODEL)
-    tokenizer: str | None = Field(None, description="tokenizer folder; default: the tokenizer/ of the checkpoint's run",
-                                  json_schema_extra=INPUT_TREE)
     heads: list[tuple[int, int]] | None = Field(None, description="[[layer, head], ...] to mask; None = detect")
     top_fraction: float = Field(0.05, gt=0.0, le=1.0, description="share of all heads masked (at least one)")
     detector: Literal["kv", "induction"] = Field("kv", description="kv: key-value retrieval prompts (the paper); "

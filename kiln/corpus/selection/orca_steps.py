@@ -46,18 +46,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from kiln.corpus.learned.params import ReferenceModelFields
 from kiln.corpus.scoring.base import ScorerParams, scorer_step
 from kiln.corpus.steps.base import Doc, StepContext
-from kiln.section import INPUT_FILE, INPUT_MODEL, INPUT_TREE
+from kiln.section import INPUT_FILE
 
 
-class OrcaScoreParams(ScorerParams):
+class OrcaScoreParams(ScorerParams, ReferenceModelFields):
     step: Literal["orca_score"] = "orca_score"
-    checkpoint: str = Field(description="theta0: run dir, train/ or checkpoints/ folder, a step-N folder or a kiln "
-                                        "export (relative paths resolve against the run dir)",
-                            json_schema_extra=INPUT_MODEL)
-    tokenizer: str | None = Field(None, description="tokenizer folder; default: the tokenizer/ of the checkpoint's run",
-                                  json_schema_extra=INPUT_TREE)
     task_file: str = Field(description="JSONL of {context, answer} or kiln multiple-choice {context, choices, gold}",
                            json_schema_extra=INPUT_FILE)
     shots: int = Field(4, ge=0, description="demonstrations before each query")

@@ -26,19 +26,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from kiln.corpus.learned.params import FastTextFields
+from kiln.corpus.learned.params import FastTextFields, ReferenceModelFields
 from kiln.corpus.scoring.base import ScorerParams, scorer_step
 from kiln.corpus.steps.base import Doc, StepContext
-from kiln.section import INPUT_FILE, INPUT_MODEL, INPUT_TREE, Section
+from kiln.section import INPUT_FILE
 
 
-class PreSelectReference(Section):
+class PreSelectReference(ReferenceModelFields):
     """One reference model: a kiln checkpoint and its downstream quality (given, or read from an eval)."""
 
-    checkpoint: str = Field(description="run dir, train/ or checkpoints/ folder, a step-N folder or a kiln export "
-                                        "(relative paths resolve against the run dir)", json_schema_extra=INPUT_MODEL)
-    tokenizer: str | None = Field(None, description="tokenizer folder; default: the tokenizer/ of the checkpoint's run",
-                                  json_schema_extra=INPUT_TREE)
     score: float | None = Field(None, description="the model's downstream score (higher = better unless the step "
                                                   "says higher_is_better: false); default: read `rank_by`")
     metrics: str | None = Field(None, description="the metrics.json `rank_by` is read from; default: the "
