@@ -308,6 +308,7 @@ def training(inp: Inputs) -> list[Block]:
         [f"best val bits / byte ({coverage})", min(p[1] for p in va_bpb) if va_bpb else None],
     ]
     table += [[f"final {k}", v] for k, v in last.items() if k.endswith("_per_target")]  # the objective's metrics
+    table += [[f"final {k}", last[k]] for k in ("sparsity", "n_params_bar", "flops_per_token_bar") if k in last]
     note = Text(f"Validation during training covers the {coverage} (train.eval_sequences); the summary's "
                 "val numbers are the final checkpoint's, from the eval stage when it has run.")
     return [Table(["throughput and progress", "value"], table), note, *blocks]
