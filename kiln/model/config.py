@@ -27,6 +27,38 @@ ATTENTIONS = ("causal", "bidirectional", "prefix")
 NORMS = ("pre", "post", "mix")
 POSITIONS = ("rope", "learned", "none")
 ROPE_SCALINGS = ("base", "linear")
+# model.moe (kiln/model/moe.py): every key with its default; a saved config.json states them all
+MOE_DEFAULTS: dict[str, Any] = {"n_experts": 4, "top_k": 2, "every": 1, "expert_hidden": None,
+                                "aux_loss_weight": 0.01, "z_loss_weight": 0.001, "capacity_factor": None}
+
+
+def moe_settings(moe: dict[str, Any], n_layer: int, ffn_hidden: int) -> dict[str, Any]:
+    """``model.moe`` with its defaults filled in (``expert_hidden`` None -> ``ffn_hidden``), or ValueError naming
+    the key."""
+    if not isinstance(moe, dict):
+        raise ValueError(f"moe must be a mapping of {sorted(MOE_DEFAULTS)} or None, got {moe!r}")
+    unknown = sorted(set(moe) - set(MOE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"moe.{unknown[0]}: unknown key; known: {', '.join(MOE_DEFAULTS)}")
+    out = {**MOE_DEFAULTS, **moe}
+    if out["expert_hidden"] is None:
+        out["expert_hidden"] = ffn_hidden
+    for key in ("n_experts", "top_k", "every", "expert_hidden"):
+        if not isinstance(out[key], int) or isinstance(out[key], bool) or out[key] < 1:
+            raise ValueError(f"moe.{key} must be an integer >= 1, got {out[key]!r}")
+    if out["top_k"] > out["n_experts"]:
+        raise ValueError(f"moe.top_k ({out['top_k']}) must be <= moe.n_experts ({out['n_experts']})")
+    if out["every"] > n_layer:
+        raise ValueError(f"moe.every ({out['every']}) must be <= n_layer ({n_layer}): layer i is a mixture of "
+                         "experts when (i + 1) % every == 0")
+    for key in ("aux_loss_weight", "z_loss_weight"):
+        if not isinstance(out[key], int | float) or out[key] < 0:
+            raise ValueError(f"moe.{key} must be a number >= 0, got {out[key]!r}")
+        out[key] = float(out[key])
+    cf = out["capacity_factor"]
+    if cf is not None and (not isinstance(cf, int | float) or cf <= 0):
+        raise ValueError(f"moe.capacity_factor must be a number > 0 or None (no token is dropped), got {cf!r}")
+    return out
 
 
 def post_ln_layers(norm: str, mix_alpha: float, n_layer: int) -> int:
@@ -46,6 +78,7 @@ class TransformerConfig:
     ``rope_scaling`` changes the RoPE base or interpolates positions (:attr:`rope_theta`); ``masked_heads``
     lists (layer, head) pairs whose attention output is zeroed in every forward (a call may pass its own);
     ``attention_backend`` picks the kernel (``kiln.model.backends``).
+    ``moe`` turns MLPs into routed experts (:data:`MOE_DEFAULTS`, ``kiln/model/moe.py``).
     ``n_kv_head`` and ``ffn_hidden`` are resolved in ``__post_init__`` (None -> ``n_head`` and
     :func:`swiglu_hidden`), so a saved ``config.json`` states the exact shape it was trained with.
     """
@@ -69,6 +102,7 @@ class TransformerConfig:
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)
     rope_scaling: dict[str, Any] | None = None  # {"type": "base" | "linear", "factor": f}: see rope_theta
     masked_heads: list[list[int]] = field(default_factory=list)  # [[layer, head], ...] masked in every forward
+    moe: dict[str, Any] | None = None  # mixture-of-experts MLPs (MOE_DEFAULTS, kiln/model/moe.py); None = dense
 
     def __post_init__(self) -> None:
         if self.n_kv_head is None:
@@ -94,6 +128,8 @@ class TransformerConfig:
         if self.attention_backend not in backend_names():
             raise ValueError(f"attention_backend must be one of {backend_names()}, got {self.attention_backend!r}")
         self._check_rope_scaling()
+        if self.moe is not None:
+            self.moe = moe_settings(self.moe, self.n_layer, self.ffn_hidden)
         self.masked_heads = [list(map(int, pair)) for pair in self.masked_heads]
         for pair in self.masked_heads:
             if len(pair) != 2 or not (0 <= pair[0] < self.n_layer and 0 <= pair[1] < self.n_head):
@@ -131,6 +167,11 @@ class TransformerConfig:
         2023, "Extending Context Window of Large Language Models via Positional Interpolation"); else 1."""
         rs = self.rope_scaling
         return float(rs["factor"]) if rs is not None and rs["type"] == "linear" else 1.0
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        """Whether layer ``layer_idx`` has a mixture-of-experts MLP: ``(layer_idx + 1) % moe.every == 0``
+        (every = 2: the second, fourth, ... layers, as in Switch / ST-MoE)."""
+        return self.moe is not None and (layer_idx + 1) % self.moe["every"] == 0
 
     @property
     def head_dim(self) -> int:

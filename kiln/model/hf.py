@@ -23,6 +23,22 @@ the table does not name) is refused with :class:`ExportError`, never exported ap
 :mod:`kiln.model.hf_remote` exports those (and encoders) with kiln's own remote-code class instead.
 Document-masked attention is a training-time mask only and exports as plain causal attention.
 Heads other than the LM head (MLM, pooler, ...) are not part of a causal LM and are left out.
+
+A mixture-of-experts decoder (``model.moe`` with ``every: 1``) is a Mixtral (Jiang et al. 2024, "Mixtral of
+Experts", arXiv:2401.04088): the same Llama layout with ``MixtralSparseMoeBlock`` MLPs, whose router is a
+softmax over all experts, top-k, renormalised to sum 1, exactly as ``kiln/model/moe.py``. It exports as
+``MixtralForCausalLM`` (:func:`to_mixtral`), the experts stacked as transformers stores them:
+
+=============================================  =====================================================
+kiln                                           transformers (MixtralForCausalLM)
+=============================================  =====================================================
+backbone.blocks.{i}.mlp.router.weight           model.layers.{i}.mlp.gate.weight
+backbone.blocks.{i}.mlp.experts.{e}.w_gate/w_up  model.layers.{i}.mlp.experts.gate_up_proj[e] = [gate; up]
+backbone.blocks.{i}.mlp.experts.{e}.w_down      model.layers.{i}.mlp.experts.down_proj[e]
+=============================================  =====================================================
+
+Mixtral has experts in every layer: ``moe.every > 1`` is refused. ``moe.capacity_factor`` acts in training only
+(inference never drops), so it exports unchanged.
 """
 
 from __future__ import annotations
@@ -38,7 +54,7 @@ from kiln.model.config import TransformerConfig
 from kiln.tokenizer.special import BOS, EOS, PAD, SPECIAL_IDS
 
 if TYPE_CHECKING:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
     from kiln.model.heads import LanguageModel
 
@@ -190,6 +206,89 @@ def to_llama(model: LanguageModel, dtype: torch.dtype = torch.float32) -> tuple[
     return hf.eval(), dropped
 
 
+def mixtral_incompatibilities(cfg: TransformerConfig) -> list[str]:
+    """Why ``cfg`` has no exact ``MixtralForCausalLM`` twin (empty when it has one)."""
+    if cfg.moe is None:
+        return ["model.moe is not set: a dense decoder exports as LlamaForCausalLM"]
+    problems = llama_incompatibilities(dataclasses.replace(cfg, moe=None))
+    if cfg.moe["every"] != 1:
+        problems.append(f"model.moe.every={cfg.moe['every']}: MixtralForCausalLM has experts in every layer; "
+                        "kiln models with dense layers between MoE layers have no transformers twin")
+    return problems
+
+
+def mixtral_config(cfg: TransformerConfig, dtype: torch.dtype = torch.float32) -> MixtralConfig:
+    """The ``MixtralConfig`` that describes exactly the MoE decoder ``cfg`` (refuses one without a twin)."""
+    from transformers import MixtralConfig
+
+    problems = mixtral_incompatibilities(cfg)
+    if problems:
+        raise ExportError("this model has no exact MixtralForCausalLM twin, refusing to export:\n  "
+                          + "\n  ".join(problems))
+    moe = cfg.moe
+    return MixtralConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=moe["expert_hidden"],
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head,
+        head_dim=cfg.head_dim, hidden_act="silu", max_position_embeddings=cfg.max_seq_len,
+        initializer_range=cfg.init_std, rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
+        sliding_window=None, attention_dropout=0.0, num_experts_per_tok=moe["top_k"],
+        num_local_experts=moe["n_experts"], output_router_logits=False, router_aux_loss_coef=moe["aux_loss_weight"],
+        router_jitter_noise=0.0, rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        bos_token_id=SPECIAL_IDS[BOS], eos_token_id=SPECIAL_IDS[EOS], pad_token_id=SPECIAL_IDS[PAD],
+        torch_dtype=str(dtype).removeprefix("torch."), architectures=["MixtralForCausalLM"],
+    )
+
+
+_EXPERT_KEY = re.compile(r"^backbone\.blocks\.(\d+)\.mlp\."
+                         r"(router\.weight|experts\.(\d+)\.(w_gate|w_up|w_down)\.weight)$")
+
+
+def mixtral_state_dict(model: LanguageModel) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """kiln weights under Mixtral names (experts stacked per layer), and the kiln keys left out."""
+    state, dropped, unknown = {}, [], []
+    experts: dict[int, dict[str, dict[int, torch.Tensor]]] = {}
+    for key, tensor in model.state_dict().items():
+        m = _EXPERT_KEY.match(key)
+        if m and m.group(2) == "router.weight":
+            state[f"model.layers.{m.group(1)}.mlp.gate.weight"] = tensor.detach()
+        elif m:
+            experts.setdefault(int(m.group(1)), {}).setdefault(m.group(4), {})[int(m.group(3))] = tensor.detach()
+        elif (name := kiln_to_llama_key(key)) is not None:
+            if not (key == "lm_head.weight" and model.tied):
+                state[name] = tensor.detach()
+        else:
+            (unknown if key.startswith("backbone.") else dropped).append(key)
+    if unknown:
+        raise ExportError("backbone weights with no MixtralForCausalLM counterpart, refusing to export: "
+                          + ", ".join(unknown))
+    for layer, mats in experts.items():
+        n = len(mats["w_gate"])
+        prefix = f"model.layers.{layer}.mlp.experts"
+        gate_up = [torch.cat([mats["w_gate"][e], mats["w_up"][e]]) for e in range(n)]  # gate rows first
+        state[f"{prefix}.gate_up_proj"] = torch.stack(gate_up)
+        state[f"{prefix}.down_proj"] = torch.stack([mats["w_down"][e] for e in range(n)])
+    if model.tied:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    return state, dropped
+
+
+def to_mixtral(model: LanguageModel, dtype: torch.dtype = torch.float32) -> tuple[MixtralForCausalLM, list[str]]:
+    """An in-memory ``MixtralForCausalLM`` with ``model``'s weights (fp32 on CPU), and the dropped keys."""
+    from transformers import MixtralForCausalLM
+
+    config = mixtral_config(model.config, dtype)
+    state, dropped = mixtral_state_dict(model)
+    hf = MixtralForCausalLM(config).float()
+    missing, unexpected = hf.load_state_dict({k: v.float().cpu() for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ExportError(f"weight names do not match this transformers' Mixtral: missing {missing}, "
+                          f"unexpected {unexpected}")
+    if config.tie_word_embeddings and hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr():
+        raise ExportError("transformers did not tie lm_head to embed_tokens")
+    return hf.eval(), dropped
+
+
 @torch.no_grad()
 def max_logit_diff(model: LanguageModel, hf: torch.nn.Module, tokens: torch.Tensor) -> float:
     """max |kiln logits - transformers logits| on ``tokens`` (B, T), positions 0..T-1 (``hf`` fp32 on CPU)."""
@@ -200,14 +299,17 @@ def max_logit_diff(model: LanguageModel, hf: torch.nn.Module, tokens: torch.Tens
 
 def export_hf(model: LanguageModel, out: str | Path, tokenizer_dir: str | Path | None = None,
               dtype: torch.dtype = torch.float32, verify: bool = True, seed: int = 0) -> dict[str, Any]:
-    """Write ``model`` (and kiln's tokenizer from ``tokenizer_dir``) as a Hugging Face folder.
+    """Write ``model`` (and kiln's tokenizer from ``tokenizer_dir``) as a Hugging Face folder: a
+    ``LlamaForCausalLM``, or a ``MixtralForCausalLM`` for a mixture-of-experts model.
 
     ``verify`` runs kiln and transformers on a random batch first (fp32) and refuses when the logits
     differ by more than 1e-4 x max(1, |logits|). Returns a summary (dropped keys, measured diff).
     """
     out = Path(out)
-    hf, dropped = to_llama(model, dtype)
-    summary: dict[str, Any] = {"format": "hf", "architecture": "LlamaForCausalLM", "dropped": dropped,
+    moe = model.config.moe is not None
+    hf, dropped = to_mixtral(model, dtype) if moe else to_llama(model, dtype)
+    architecture = "MixtralForCausalLM" if moe else "LlamaForCausalLM"
+    summary: dict[str, Any] = {"format": "hf", "architecture": architecture, "dropped": dropped,
                                "dtype": str(dtype).removeprefix("torch.")}
     if verify:
         gen = torch.Generator().manual_seed(seed)

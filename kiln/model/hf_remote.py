@@ -46,7 +46,7 @@ import torch
 
 from kiln import atomic
 from kiln.model.config import TransformerConfig
-from kiln.model.hf import ExportError, _field_default, export_hf, llama_incompatibilities
+from kiln.model.hf import ExportError, _field_default, export_hf, llama_incompatibilities, mixtral_incompatibilities
 from kiln.tokenizer.special import BOS, EOS, PAD, SPECIAL_IDS
 
 if TYPE_CHECKING:
@@ -86,7 +86,8 @@ def remote_incompatibilities(cfg: TransformerConfig) -> list[str]:
 
 
 def choose_architecture(model: LanguageModel, head: str = "auto") -> str:
-    """``LlamaForCausalLM`` or a remote class name for ``head`` (auto | lm | mlm | none), or ExportError."""
+    """``LlamaForCausalLM`` (``MixtralForCausalLM`` for a mixture-of-experts decoder) or a remote class name for
+    ``head`` (auto | lm | mlm | none), or ExportError."""
     cfg = model.config
     if head == "auto":
         head = ("mlm" if "mlm" in cfg.heads else "none") if cfg.attention == "bidirectional" else "lm"
@@ -97,6 +98,8 @@ def choose_architecture(model: LanguageModel, head: str = "auto") -> str:
     if head == "lm" and cfg.attention == "bidirectional":
         raise ExportError("head lm: model.attention='bidirectional' is an encoder, not a causal LM; "
                           "export it with head mlm or none")
+    if head == "lm" and cfg.moe is not None and not mixtral_incompatibilities(cfg):
+        return "MixtralForCausalLM"
     if head == "lm" and not llama_incompatibilities(cfg):
         return "LlamaForCausalLM"
     return HEADS[head]
@@ -290,7 +293,7 @@ def export_auto(model: LanguageModel, out: str | Path, tokenizer_dir: str | Path
     (see :func:`choose_architecture`); the summary says which (``remote_code``)."""
     architecture = choose_architecture(model, head)
     before = atomic.snapshot(out)
-    if architecture == "LlamaForCausalLM":
+    if architecture in ("LlamaForCausalLM", "MixtralForCausalLM"):
         summary = {**export_hf(model, out, tokenizer_dir, dtype, verify, seed),
                    "auto_class": "AutoModelForCausalLM", "remote_code": False}
     else:

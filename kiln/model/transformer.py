@@ -18,7 +18,8 @@ tokens -> embedding -> n_layer x Block -> RMSNorm -> hidden states (B, T, d_mode
 - Grouped-query attention (Ainslie et al. 2023): ``n_kv_head`` key/value heads shared by groups of
   ``n_head / n_kv_head`` query heads; the kernel is ``F.scaled_dot_product_attention``, or
   FlexAttention block masks for packed documents on GPU (``flex.py``, ``attention_backend``).
-- SwiGLU MLP (Shazeer 2020): ``down(silu(gate(x)) * up(x))``.
+- SwiGLU MLP (Shazeer 2020): ``down(silu(gate(x)) * up(x))``; with ``moe``, the MLP of every ``moe.every``-th
+  layer is top-k routed SwiGLU experts instead (``moe.py``).
 
 No biases anywhere. The heads (LM head, ...) live in ``heads.py``; parallelism, compile and
 activation checkpointing are applied from outside (``kiln/train/parallel.py``).
@@ -39,6 +40,7 @@ from kiln.model.attention import HEAD_MASK_MODES, Attention, apply_rope, attenti
 from kiln.model.backends import resolve_backend
 from kiln.model.config import TransformerConfig
 from kiln.model.mask import AttentionMask
+from kiln.model.moe import MoEMLP
 
 __all__ = ["Attention", "AttentionMask", "BackboneOutput", "Block", "RMSNorm", "SwiGLU", "Transformer", "apply_rope",
            "attention_mask", "rope_tables"]
@@ -99,7 +101,7 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.attn = Attention(cfg, layer_idx)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg)
+        self.mlp = MoEMLP.from_config(cfg) if cfg.is_moe_layer(layer_idx) else SwiGLU(cfg)
 
     def forward(
         self,
@@ -163,7 +165,9 @@ class Transformer(nn.Module):
         residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
         for block in self.blocks:
             nn.init.normal_(block.attn.wo.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.w_down.weight, mean=0.0, std=residual_std)
+            downs = [e.w_down for e in block.mlp.experts] if isinstance(block.mlp, MoEMLP) else [block.mlp.w_down]
+            for down in downs:
+                nn.init.normal_(down.weight, mean=0.0, std=residual_std)
         if cfg.positions == "rope":
             cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_linear_factor)
             self.rope_cos.copy_(cos)
