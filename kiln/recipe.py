@@ -26,7 +26,7 @@ from kiln.recipe_data import (  # noqa: F401 - re-exported: the data-side sectio
     TokenizerConfig,
     TokensConfig,
 )
-from kiln.section import NOT_FINGERPRINTED, Section, fingerprint_of  # noqa: F401 - re-exported: Section, fingerprint_of
+from kiln.section import INPUT_MODEL, NOT_FINGERPRINTED, Section, fingerprint_of  # noqa: F401 - re-exported: Section, fingerprint_of
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -59,6 +59,27 @@ class RopeScalingConfig(Section):
     factor: float = Field(gt=0)
 
 
+class MoEConfig(Section):
+    """``model.moe`` (kiln/model/moe.py): top-k routed SwiGLU experts replace the MLP of every ``every``-th layer;
+    the ``moe_aux`` train callback adds the balancing and z losses and logs expert utilisation."""
+
+    n_experts: int = Field(4, ge=1)
+    top_k: int = Field(2, ge=1, description="experts per token; their softmax weights renormalised to sum 1")
+    every: int = Field(1, ge=1, description="layer i is a mixture of experts when (i + 1) % every == 0")
+    expert_hidden: int | None = Field(None, ge=1, description="each expert's SwiGLU width; None = ffn_hidden")
+    aux_loss_weight: float = Field(0.01, ge=0, description="Switch load-balancing loss weight (1 at balance)")
+    z_loss_weight: float = Field(0.001, ge=0, description="ST-MoE router z-loss weight")
+    capacity_factor: float | None = Field(
+        None, gt=0, description="None: no token is ever dropped; c: in training, at most ceil(c * N * k / E) "
+        "assignments per expert per micro-batch, the rest dropped (logged as moe_dropped)")
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> MoEConfig:
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k ({self.top_k}) must be <= n_experts ({self.n_experts})")
+        return self
+
+
 class ModelConfig(Section):
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
@@ -83,6 +104,7 @@ class ModelConfig(Section):
         None, description="RoPE scaling: base = NTK-aware base change, linear = position interpolation")
     masked_heads: list[tuple[int, int]] = Field(
         default_factory=list, description="(layer, head) pairs whose attention output is zeroed in every forward")
+    moe: MoEConfig | None = Field(None, description="mixture-of-experts MLPs (kiln/model/moe.py); None = dense")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -99,6 +121,8 @@ class ModelConfig(Section):
             raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({kv})")
         if (self.d_model // self.n_head) % 2 and self.positions == "rope":
             raise ValueError("head dimension d_model/n_head must be even for RoPE")
+        if self.moe is not None and self.moe.every > self.n_layer:
+            raise ValueError(f"moe.every ({self.moe.every}) must be <= n_layer ({self.n_layer})")
         return self
 
 
@@ -107,9 +131,14 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     objective: Literal["clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "ernie_gram", "clm_mlm",
-                       "mixture"] = "clm"
+                       "mixture", "kd", "salt", "self_distill", "minilm", "reweight"] = "clm"
     objective_args: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the objective's class (kiln/objectives/)")
+    teacher: str | None = Field(
+        None, json_schema_extra=INPUT_MODEL, description="the frozen teacher of a distillation objective (kd, "
+        "salt, self_distill, minilm; alone or in a mixture): a kiln checkpoint, run directory or `kiln export` "
+        "folder, or minilm (the packaged all-MiniLM-L6-v2); its vocabulary must equal the student's "
+        "(kiln/objectives/teacher.py)")
     steps: int = Field(1000, ge=1)
     batch_tokens: int = Field(16384, ge=1, description="global batch size in tokens per optimizer step")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward pass (per rank)")
@@ -173,6 +202,14 @@ class TrainConfig(Section):
         for i, spec in enumerate(specs):
             validate_spec(spec, where=f".{i}")
         return specs
+
+    @model_validator(mode="after")
+    def _teacher_routed(self) -> TrainConfig:
+        """``train.teacher`` into the arguments of every distillation objective (kiln/objectives/distill_spec.py)."""
+        from kiln.objectives.distill_spec import route_teacher  # torch-free
+
+        route_teacher(self.objective, self.objective_args, self.teacher)
+        return self
 
 
 class ParallelConfig(Section):

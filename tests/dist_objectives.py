@@ -28,7 +28,10 @@ STEPS = 4  # clm_mlm switches from CLM to MLM after step 2; two micro-batches pe
 ARGS: dict[str, str] = {
     "mixture": "{weights: {clm: 1.0, mlm: 1.0, fim: 1.0}}",
     "ernie_gram": "{lexicon_size: 200, min_count: 2}",
+    "reweight": "{warmup_steps: 1}",
+    "salt": "{kd_steps: 2}",  # KD for 2 of the 4 steps, then plain CE: both phases on 2 ranks
 }
+TEACHER_OBJECTIVES = ("kd", "salt", "self_distill", "minilm")  # their teacher: the reference run's model
 OVERRIDES = ["data.seq_len=64", "model.n_layer=2", "model.n_head=2", "model.d_model=32", f"train.steps={STEPS}",
              "train.batch_tokens=512", "train.micro_batch_size=4", "train.warmup_steps=1", "train.log_every=1",
              "train.eval_every=100", "train.eval_sequences=4", "train.checkpoint_every=100", "train.threads=1"]
@@ -41,6 +44,8 @@ def train_one(run_dir: Path, out: Path, objective: str, strategy: str) -> dict[i
         overrides.append("model.tie_embeddings=false")
     if objective in ARGS:
         overrides.append(f"train.objective_args={ARGS[objective]}")
+    if objective in TEACHER_OBJECTIVES:
+        overrides.append(f"train.teacher={os.environ['KILN_TEST_TEACHER']}")
     if objective == "mp3":
         overrides.append("model.positions=none")  # MP3 permutes positions: the model must not see them
     built = None

@@ -81,7 +81,7 @@ def test_every_objective_prepares_and_backpropagates(case, attention):
 
 def test_registry_and_recipes():
     assert set(OBJECTIVES) == {"clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "ernie_gram", "clm_mlm",
-                               "mixture"}
+                               "mixture", "kd", "salt", "self_distill", "minilm", "reweight"}
     for recipe, name in [("mlm", "mlm"), ("electra", "electra"), ("fim", "fim"), ("ul2", "ul2"),
                          ("codegen2", "codegen2"), ("mp3", "mp3"), ("ernie-gram", "ernie_gram"),
                          ("clm-mlm", "clm_mlm"), ("mixture", "mixture")]:

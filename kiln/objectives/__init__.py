@@ -20,15 +20,21 @@ def _registry() -> dict[str, type[Objective]]:
     if _OBJECTIVES:
         return _OBJECTIVES
     from kiln.objectives.clm import CausalLM
+    from kiln.objectives.distill import SALT, KnowledgeDistillation
     from kiln.objectives.encoder import ELECTRA, MaskedLM
     from kiln.objectives.ernie_gram import ERNIEGram
+    from kiln.objectives.minilm import MiniLM
     from kiln.objectives.mp3 import MP3
     from kiln.objectives.rearranged import FIM, UL2, CodeGen2
+    from kiln.objectives.reweight import LossReweighted
     from kiln.objectives.schedules import CLMThenMLM, Mixture
+    from kiln.objectives.self_distill import SelfDistill
 
     _OBJECTIVES.update({
         "clm": CausalLM, "mlm": MaskedLM, "electra": ELECTRA, "fim": FIM, "ul2": UL2, "codegen2": CodeGen2,
         "mp3": MP3, "ernie_gram": ERNIEGram, "clm_mlm": CLMThenMLM, "mixture": Mixture,
+        "kd": KnowledgeDistillation, "salt": SALT, "self_distill": SelfDistill, "minilm": MiniLM,
+        "reweight": LossReweighted,
     })
     return _OBJECTIVES
 

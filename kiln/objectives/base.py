@@ -97,10 +97,13 @@ class Objective(ABC):
         return module
 
     def load_frozen(self, name: str, path: str, device: torch.device | str = "cpu") -> nn.Module:
-        """A frozen module loaded from a kiln checkpoint, run directory or export (``kiln.model.load``)."""
+        """A frozen module loaded from a kiln checkpoint, run directory or export (``kiln.model.load``); the
+        random state is left as it was, so loading a teacher never changes the student's initialisation."""
         from kiln.model.load import load_model
 
-        return self.add_frozen(name, load_model(path, device))
+        device = torch.device(device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            return self.add_frozen(name, load_model(path, device))
 
     def attach(self, device: torch.device) -> None:
         """Called once by the trainer before the model is wrapped: put frozen modules on ``device`` (an

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from kiln.objectives.distill_spec import check_distill_args
+from kiln.objectives.reweight_args import check_reweight_args
+
 # objective name -> {argument: required}
 OBJECTIVE_ARGS: dict[str, dict[str, bool]] = {
     "clm": {},
@@ -22,6 +25,12 @@ OBJECTIVE_ARGS: dict[str, dict[str, bool]] = {
                    "lexicon_tokens": False},
     "clm_mlm": {"clm_fraction": False, "mlm_ratio": False},
     "mixture": {"weights": True, "args": False, "seed": False},
+    "kd": {"teacher": False, "alpha": False, "temperature": False},
+    "salt": {"teacher": False, "kd_steps": False, "alpha": False, "temperature": False, "select_fraction": False,
+             "top_k": False},
+    "self_distill": {"teacher": False, "base": False, "weight": False, "base_args": False},
+    "minilm": {"teacher": False, "ce_weight": False, "attention": False},
+    "reweight": {"strategy": False, "r": False, "warmup_steps": False, "unit": False},
 }
 
 
@@ -39,6 +48,11 @@ def check_objective_args(name: str, args: dict[str, Any], where: str = "train.ob
             raise ValueError(f"{where}.{key}: required by objective {name!r}")
     if name == "mixture":
         _check_mixture(args, where)
+    if name == "reweight":
+        check_reweight_args(args, where)  # values: strategy, r, warmup_steps, unit (reweight_args.py)
+    check_distill_args(name, args, where)  # value checks of kd / salt / self_distill (distill_spec.py)
+    if name == "self_distill":
+        check_objective_args(args.get("base", "clm"), args.get("base_args") or {}, f"{where}.base_args")
 
 
 def _check_mixture(args: dict[str, Any], where: str) -> None:

@@ -88,6 +88,10 @@ class TrainerCallback:
 CALLBACKS: dict[str, str] = {  # name -> "module:Class", imported on use so this module stays light
     "param_norm": "kiln.train.callbacks_builtin:ParamNorm",
     "magnitude_mask": "kiln.train.callbacks_builtin:MagnitudeMask",
+    "moe_aux": "kiln.train.moe_aux:MoEAux",
+    "spdf": "kiln.train.sparsity:StaticMask",
+    "gradual_pruning": "kiln.train.sparsity:GradualPruning",
+    "reweight_stats": "kiln.train.reweight:ReweightStats",
 }
 
 

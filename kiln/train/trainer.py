@@ -50,6 +50,7 @@ from kiln.train.guard import FaultGuard, TrainingOOM, is_oom, oom_message
 from kiln.train.init_from import init_weights_from
 from kiln.train.loggers import build_loggers
 from kiln.train.metrics import MetricsLog, ObjectiveMetrics
+from kiln.train.moe_aux import implied_callbacks
 from kiln.train.optim import build_optimizer, lr_at, set_lr
 from kiln.train.parallel import parallelize, resolve_strategy
 from kiln.train.progress_log import ProgressLines
@@ -145,6 +146,9 @@ class Trainer:
         self.guard = FaultGuard(cfg)
         self.callbacks = [*build_callbacks(cfg.callbacks), *(callbacks or []), ProgressLines(cfg.steps),
                           *build_loggers(cfg.loggers)]
+        # a model's own training terms (MoE balancing and z-losses) after the recipe's callbacks: sample weights
+        # do not scale them; one listed in the recipe is not added twice
+        self.callbacks[len(cfg.callbacks):len(cfg.callbacks)] = implied_callbacks(self.model_config, self.callbacks)
         self.state = TrainState(0, self.model, self.optimizer, self.objective, self.env.rank, self.env.world_size,
                                 out_dir=self.out_dir)
 
@@ -238,7 +242,7 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         loss_total = float(loss_acc)
-        if world > 1 and not self.objective.uses_every_head:  # ranks may have run different sub-objectives
+        if world > 1:  # ranks may have run different sub-objectives (a mixture), naming different metrics
             sums.agree(dist.all_gather_object(sorted(sums.sums)))
         reduced = dist.all_reduce_sum([loss_total, sum(b.n_tokens for b in micro), *sums.values()], self.device)
         loss, n_tokens = reduced[0] / n_targets, int(reduced[1])
