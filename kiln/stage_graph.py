@@ -70,6 +70,8 @@ def unregister_stage(name: str) -> None:
 
 def model_chain(recipe: Recipe) -> list[str]:
     """The enabled model-producing stages in order: ``train`` first, then post stages."""
+    import kiln.stages  # noqa: F401 - registers the built-in stages (for callers that never imported the pipeline)
+
     return [n for n in ORDER if STAGES[n].model and STAGES[n].is_enabled(recipe)]
 
 
