@@ -1,7 +1,9 @@
 """lm-eval parity: a ``kiln export`` model scored by the real ``lm_eval`` CLI on kiln's exported tasks gives the
 accuracies ``kiln eval --tasks`` gives (equal to 3 decimals): shakespeare-cloze and pydocs-name (40 items, every
 template; contexts longer than the tiny model's 64 tokens, so left truncation is exercised) and two hand-made
-tasks covering a context ending in whitespace, an empty context and choices starting with a newline. Offline."""
+tasks covering a context ending in whitespace, an empty context and choices starting with a newline, and a
+partially scored task (the choice ends the context, one shared continuation is scored: lm-eval's multiple-input
+form). Offline."""
 
 from __future__ import annotations
 
@@ -66,6 +68,22 @@ def order_task(n: int = 30, seed: int = 1) -> TaskSet:
     return TaskSet("toy-order", templates={"newline": nl, "empty": empty})
 
 
+def partial_task(n: int = 30, seed: int = 2) -> TaskSet:
+    """Which first word makes the rest of a sentence likelier: the choice ends the context and the shared rest is
+    scored (lm-eval's multiple-input form); one template with a context, one with an empty one."""
+    rng = random.Random(seed)
+    lead, bare = [], []
+    for i in range(n):
+        words = sentence(rng).split()
+        gold_word = words[0]
+        options = [gold_word, *rng.sample([w.capitalize() for w in WORDS if w.capitalize() != gold_word], 2)]
+        rng.shuffle(options)
+        gold, rest, ids = options.index(gold_word), " " + " ".join(words[1:]), (f"p{i}",)
+        lead.append(Item(f"p{i}", "Line:", tuple(" " + w for w in options), gold, gold_word, ids, continuation=rest))
+        bare.append(Item(f"p{i}", "", tuple(options), gold, gold_word, ids, continuation=rest))
+    return TaskSet("toy-partial", templates={"lead": lead, "bare": bare})
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_trained, tmp_path_factory):
     out = tmp_path_factory.mktemp("lmeval") / "model"
@@ -91,10 +109,11 @@ def test_lm_eval_cli_gives_kiln_accuracies(tiny_trained, exported, tmp_path):
     device = torch.device("cpu")
     scorer = Scorer(load_model(final_checkpoint(run), device), load_tokenizer(run.stage("tokenizer")), device)
     tasks = [build_task(name, tiny_trained.recipe, run, max_items=40) for name in ("shakespeare-cloze", "pydocs-name")]
-    tasks += [cloze_task(), order_task()]
+    tasks += [cloze_task(), order_task(), partial_task()]
     kiln_res = {t.name: score_task(scorer, t, load_token_bytes(run.stage("tokenizer"))) for t in tasks}
     groups = export_tasks(tasks, tmp_path / "tasks")
-    assert set(groups) == {"kiln_shakespeare-cloze", "kiln_pydocs-name", "kiln_toy-cloze", "kiln_toy-order"}
+    assert set(groups) == {"kiln_shakespeare-cloze", "kiln_pydocs-name", "kiln_toy-cloze", "kiln_toy-order",
+                           "kiln_toy-partial"}
     out = tmp_path / "lm-eval-out"
     cmd = lm_eval_command(exported, tmp_path / "tasks", list(groups), out)
     cmd[0:1] = [sys.executable, "-m", "lm_eval"]
@@ -115,5 +134,6 @@ def test_lm_eval_cli_gives_kiln_accuracies(tiny_trained, exported, tmp_path):
                 compared += 1
         for m in ("acc", "acc_norm"):  # the group = the unweighted template mean = kiln's task accuracy
             assert round(theirs[lm_eval_name(t.name)][m], 3) == round(kiln_res[t.name][m], 3), (t.name, m)
-    assert compared == 2 * sum(len(t.templates) for t in tasks) == 20
+    assert compared == 2 * sum(len(t.templates) for t in tasks) == 2 * (len(tasks[0].templates) +
+                                                                          len(tasks[1].templates) + 6)
     assert Path(out).exists()

@@ -90,6 +90,17 @@ def test_score_choice_metrics():
     assert rows[0] == {"id": "q0", "template": "A", "lls": [-1.0, -3.0], "pred": 0, "pred_norm": 1, "gold": 0}
 
 
+def test_partially_scored_items_compare_the_shared_continuation():
+    """With a continuation, the request of choice c is (context + c, continuation), acc_norm divides by the length
+    of context + c (lm-eval's multiple-input form)."""
+    choices = (" a", " bbbbbbbbbbbb")
+    table = {("Q a", " rest"): -2.0, ("Q bbbbbbbbbbbb", " rest"): -2.5}  # acc: a; per character: b (-2.5/14)
+    ts = TaskSet("toy", templates={"T": [Item("q0", "Q", choices, 1, "b", ("d0",), continuation=" rest")]})
+    res, rows = score_choice(FixedScorer(table), ts)
+    assert rows[0]["lls"] == [-2.0, -2.5] and rows[0]["pred"] == 0 and rows[0]["pred_norm"] == 1
+    assert res["acc"] == 0.0 and res["acc_norm"] == 1.0
+
+
 def test_template_spread_and_bootstrap():
     per_item = np.array([1.0] * 30 + [0.0] * 70)
     lo, hi = bootstrap_ci(per_item, seed=0)

@@ -15,7 +15,14 @@ signature added: 0.21-0.29 for both models, decided by the name's own prior; the
 given the name alone picks the gold 0.20 -> 0.30-0.32, from a below-chance start, and is no lm-eval
 multiple-choice score); lm-eval's ``acc_mutual_info`` scoring (0.20-0.30, no gain); and, retrained, pydocs
 documents that start with a ``module.name(signature)`` line (templates here 0.262 -> 0.275, name-first ones
-0.21 -> 0.22).
+0.21 -> 0.22). Measured again on 2026-11-29 with *partial scoring* (the candidate name ends the context and the
+same 160-character docstring start is scored after each: lm-eval's multiple-input form, now supported by the
+suite and its lm-eval export; 200 items, item seeds 0 / 1): 5 steps 0.215-0.31, 600 steps 0.215-0.295, 1500
+steps 0.23-0.28 over four such templates (``{module}.{name}``, ``Help on {kind} {name} in module``, bare name,
+``def {name}(...)``); the name as words (``json encoder encode``, whose tokens are the docstring's) 0.205-0.26 at
+both ends; and pydocs documents headed by their dotted name (the form the partial template scores), 5 -> 600
+steps: 0.29 / 0.285 -> 0.285 / 0.25. The task stays at chance for models this small: the open point needs a
+larger model (a GPU run), not another template.
 shakespeare-cloze is solvable from local context (a word-bigram model of the train split scores ~0.6 on its
 word/line templates; unigram frequency 0.25), and a model with word-sized tokens (vocab 2048) learns part of it
 in 600 steps (template-mean acc 0.250 -> 0.362 measured on 2026-11-29)."""

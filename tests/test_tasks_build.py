@@ -19,7 +19,7 @@ from kiln.eval.tasks.builders import BPB_CHARS, BPB_TASKS, CHOICE_TASKS, build_t
 from kiln.eval.tasks.heldout import train_doc_ids
 from kiln.eval.tasks.items import TaskSet
 from kiln.eval.tasks.jsonl_task import JsonlTaskError
-from kiln.eval.tasks.templates import TEMPLATES_FILE, load_templates
+from kiln.eval.tasks.templates import SHOT_SEPARATOR, TEMPLATES_FILE, load_templates
 from kiln.recipe import load_recipe
 from kiln.run import RunDir
 
@@ -135,8 +135,37 @@ def test_templates_are_data(demo, tmp_path):
         build_task("shakespeare-cloze", demo, max_items=10, templates_file=path)
     table["shakespeare-cloze"]["broken"] = {"context": "x"}
     path.write_text(yaml.safe_dump(table, sort_keys=False))
-    with pytest.raises(ValueError, match=r"shakespeare-cloze\.broken: expected exactly the keys"):
+    with pytest.raises(ValueError, match=r"shakespeare-cloze\.broken: expected the keys 'context' and 'choice'"):
         build_task("shakespeare-cloze", demo, max_items=10, templates_file=path)
+    table["shakespeare-cloze"]["broken"] = {"context": "x", "choice": "{word}", "continuation": ""}
+    path.write_text(yaml.safe_dump(table, sort_keys=False))
+    with pytest.raises(ValueError, match=r"shakespeare-cloze\.broken: 'continuation' is empty"):
+        build_task("shakespeare-cloze", demo, max_items=10, templates_file=path)
+
+
+def test_partially_scored_template(demo, tmp_path):
+    """A ``continuation`` template: every choice ends its own context and the one continuation is scored; few-shot
+    examples carry their gold choice and continuation."""
+    table = yaml.safe_load(TEMPLATES_FILE.read_text())
+    table["shakespeare-cloze"] = {"word": table["shakespeare-cloze"]["word"],
+                                  "partial": {"context": "{lead}{before}", "choice": "{sp}{word}",
+                                              "continuation": "{rest}"}}
+    path = tmp_path / "templates.yaml"
+    path.write_text(yaml.safe_dump(table, sort_keys=False))
+    task = build_task("shakespeare-cloze", demo, max_items=10, templates_file=path, shots=1)
+    zero = build_task("shakespeare-cloze", demo, max_items=10, templates_file=path)
+    longer = 0
+    for word, part, q in zip(task.templates["word"], task.templates["partial"], zero.templates["word"], strict=True):
+        assert word.continuation is None and part.continuation is not None and part.choices == word.choices
+        assert part.requests() == [(part.context + c, part.continuation) for c in part.choices]
+        assert part.norm_lengths() == [float(len(part.context + c)) for c in part.choices]
+        assert word.requests() == [(word.context, c) for c in word.choices]
+        tail = SHOT_SEPARATOR + q.context  # the question itself, after one solved example
+        assert word.context.endswith(tail) and part.context.endswith(tail)
+        shot_word, shot_part = word.context[:-len(tail)], part.context[:-len(tail)]
+        assert shot_part.startswith(shot_word)  # + the example's continuation (the rest of its line)
+        longer += len(shot_part) > len(shot_word)
+    assert longer >= 5
 
 
 def test_unknown_task_is_refused(demo):

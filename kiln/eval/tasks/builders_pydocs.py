@@ -9,7 +9,11 @@
   (modules with at least :data:`MIN_MODULE_DOCS` documents). Dotted references to the module
   (``json.dumps``) are masked; a bare mention of the module's name in prose is kept (it is knowledge a
   model may have, not a copy of the answer's context).
-Docstrings are cut to whole lines within :data:`DOC_CHARS` characters.
+Docstrings are cut to whole lines within :data:`DOC_CHARS` characters. ``pydocs-name`` also gives the field
+``summary``: the same masked docstring cut to :data:`SUMMARY_CHARS` (whole lines, or whole words of a longer
+first line), short enough to be the scored continuation of a partially scored template (the docstring given
+each candidate name: a model that relates names to the words documenting them scores it higher after the
+right name).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from kiln.eval.tasks.pools import Pool, qualified_name
 from kiln.eval.tasks.templates import Question, place_gold, question_rng, trim_lines
 
 DOC_CHARS = 600
+SUMMARY_CHARS = 120
 MIN_DOC_CHARS = 40
 MIN_MODULE_DOCS = 5
 MASK = "____"
@@ -32,6 +37,21 @@ def is_named(doc: dict[str, Any]) -> bool:
 
 def _trim(text: str) -> str:
     return "\n".join(trim_lines(text.strip("\n").split("\n"), DOC_CHARS, from_end=False)).strip()
+
+
+def name_words(name: str) -> str:
+    """A name as lower-case words (``JSONEncoder.encode`` -> ``json encoder encode``, ``read_text`` -> ``read
+    text``): a verbalizer whose tokens are the ones prose uses (with their leading spaces)."""
+    parts = re.findall(r"[A-Z]+(?=[A-Z][a-z]|\d|\b|_)|[A-Z]?[a-z]+|[A-Z]+|\d+", name)
+    return " ".join(p.lower() for p in parts) or name
+
+
+def summary(text: str) -> str:
+    """The start of ``text`` within :data:`SUMMARY_CHARS`: whole lines, else whole words of the first line."""
+    lines = trim_lines(text.split("\n"), SUMMARY_CHARS, from_end=False)
+    if lines:
+        return "\n".join(lines).strip()
+    return text[:SUMMARY_CHARS + 1].rsplit(" ", 1)[0].strip()
 
 
 def strip_name(text: str, last: str, qualified: str) -> str:
@@ -58,10 +78,15 @@ def name_questions(docs: list[dict[str, Any]], pool: Pool, seed: int, task: str)
         if len(others) < 3 or len(text) < MIN_DOC_CHARS:
             continue
         rng = question_rng(seed, task, doc["id"])
-        opts, gold = place_gold(rng, {"name": name}, [{"name": n} for n in rng.sample(others, 3)])
-        fields = {"doc": text, "module": module, "kind": "class" if doc["kind"] == "class" else "function"}
+        opts, gold = place_gold(rng, _option(name), [_option(n) for n in rng.sample(others, 3)])
+        fields = {"doc": text, "summary": summary(text), "module": module,
+                  "kind": "class" if doc["kind"] == "class" else "function"}
         out.append(Question(doc["id"], fields, opts, gold, name, doc["id"]))
     return out
+
+
+def _option(name: str) -> dict[str, str]:
+    return {"name": name, "name_words": name_words(name)}
 
 
 def module_questions(docs: list[dict[str, Any]], pool: Pool, seed: int, task: str) -> list[Question]:

@@ -10,6 +10,12 @@ Scoring follows lm-evaluation-harness's ``multiple_choice`` exactly, so the two 
 ``context + choice`` (no delimiter is inserted: a choice carries its own leading space), ``acc`` takes the
 choice with the highest summed log-likelihood, ``acc_norm`` the highest log-likelihood per *character* of the
 choice string.
+
+An item with a ``continuation`` is scored the other way round ("partial scoring", Trinh & Le 2018, "A Simple
+Method for Commonsense Reasoning"; lm-eval's *multiple-input* form, as in its Winogrande task): each choice ends
+its own context and the log-likelihood of the one shared continuation is compared, so the choices' own prior
+probabilities do not enter the score. lm-eval's ``acc_norm`` then divides by the length of the whole
+per-choice context (its "choice" string); kiln does the same, so the two agree there too.
 """
 
 from __future__ import annotations
@@ -27,6 +33,19 @@ class Item:
     gold: int  # index of the right choice
     label: str  # the right answer as a class name (speaker, word, edition, function, module): majority baseline
     doc_ids: tuple[str, ...]  # corpus document ids the question (and its few-shot examples) was made from
+    continuation: str | None = None  # partial scoring: the text scored after ``context + choice``, for every choice
+
+    def requests(self) -> list[tuple[str, str]]:
+        """The ``(context, continuation)`` log-likelihood requests of the choices, in choice order."""
+        if self.continuation is None:
+            return [(self.context, c) for c in self.choices]
+        return [(self.context + c, self.continuation) for c in self.choices]
+
+    def norm_lengths(self) -> list[float]:
+        """Per choice, the character count ``acc_norm`` divides by (lm-eval's length of its choice string)."""
+        if self.continuation is None:
+            return [float(len(c)) for c in self.choices]
+        return [float(len(self.context + c)) for c in self.choices]
 
 
 @dataclass

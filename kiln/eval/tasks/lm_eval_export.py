@@ -6,6 +6,11 @@ the packaged ``json`` dataset builder (offline) and scores them as ``multiple_ch
 ``target_delimiter: ""`` (a kiln choice carries its own leading space); ``DIR/<task>/_group.yaml`` is the group
 ``kiln_<task>``, the unweighted mean of its templates (= kiln's template mean).
 
+A partially scored template (items with a ``continuation``) is written in lm-eval's *multiple-input* form (as its
+Winogrande task is): rows ``choices`` (the per-choice contexts, ``context + choice``), ``continuation`` and
+``gold``, with ``doc_to_text: gold`` (an int, which is what tells lm-eval the choices are inputs),
+``doc_to_choice: choices`` and ``doc_to_target: continuation``.
+
 ``doc_to_text`` / ``doc_to_choice`` / ``doc_to_target`` name the row's fields (``context``, ``choices``,
 ``gold``) rather than Jinja templates: lm-eval then returns the field as it is, where a rendered template whose
 text is all digits would be turned into an int, and a list would round-trip through its ``repr``.
@@ -21,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from kiln import atomic
-from kiln.eval.tasks.items import TaskSet
+from kiln.eval.tasks.items import Item, TaskSet
 from kiln.eval.tasks.suite import task_key
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -33,12 +38,20 @@ def lm_eval_name(task: str, template: str | None = None) -> str:
     return "_".join(parts)
 
 
-def _task_yaml(name: str, data: Path) -> dict:
+def _task_yaml(name: str, data: Path, partial: bool) -> dict:
     metrics = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]
+    fields = ({"doc_to_text": "gold", "doc_to_choice": "choices", "doc_to_target": "continuation"} if partial
+              else {"doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "gold"})
     return {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data)}},
-            "test_split": "test", "output_type": "multiple_choice", "doc_to_text": "context",
-            "doc_to_choice": "choices", "doc_to_target": "gold", "target_delimiter": "", "metric_list": metrics,
-            "metadata": {"version": 1.0}}
+            "test_split": "test", "output_type": "multiple_choice", **fields, "target_delimiter": "",
+            "metric_list": metrics, "metadata": {"version": 1.0}}
+
+
+def _row(it: Item) -> dict:
+    if it.continuation is None:
+        return {"id": it.id, "context": it.context, "choices": list(it.choices), "gold": it.gold}
+    return {"id": it.id, "choices": [ctx for ctx, _ in it.requests()], "continuation": it.continuation,
+            "gold": it.gold}
 
 
 def export_tasks(tasks: list[TaskSet], out_dir: Path, names: list[str] | None = None) -> dict[str, list[str]]:
@@ -55,11 +68,14 @@ def export_tasks(tasks: list[TaskSet], out_dir: Path, names: list[str] | None = 
         for template, items in ts.templates.items():
             stem = _UNSAFE.sub("-", template)
             data = folder / f"{stem}.jsonl"
-            atomic.write_text(data, "".join(json.dumps({"id": it.id, "context": it.context,
-                                                        "choices": list(it.choices), "gold": it.gold}) + "\n"
-                                            for it in items))
+            partial = {it.continuation is not None for it in items}
+            if len(partial) > 1:
+                raise ValueError(f"task {ts.name}, template {template}: some items have a continuation and some "
+                                 "not; an lm-eval task scores all its items one way")
+            atomic.write_text(data, "".join(json.dumps(_row(it)) + "\n" for it in items))
             name = lm_eval_name(asked, template)
-            atomic.write_text(folder / f"{stem}.yaml", yaml.safe_dump(_task_yaml(name, data), sort_keys=False))
+            atomic.write_text(folder / f"{stem}.yaml", yaml.safe_dump(_task_yaml(name, data, partial == {True}),
+                                                                      sort_keys=False))
             members.append(name)
         group = lm_eval_name(asked)
         agg = [{"metric": m, "aggregation": "mean", "weight_by_size": False} for m in ("acc", "acc_norm")]

@@ -69,7 +69,7 @@ def baselines(items: list[Item]) -> dict:
 def score_choice(scorer: Scorer, ts: TaskSet, seed: int = 0) -> tuple[dict, list[dict]]:
     """Score a choice task: (the result of interfaces' ``tasks/<name>`` format, per-item prediction rows)."""
     names, ids = _aligned(ts)
-    requests = [(it.context, c) for t in names for it in ts.templates[t] for c in it.choices]
+    requests = [r for t in names for it in ts.templates[t] for r in it.requests()]
     lls = iter(scorer.loglikelihoods(requests))
     rows: list[dict] = []
     correct = {m: np.zeros((len(names), len(ids))) for m in ("acc", "acc_norm")}
@@ -80,7 +80,7 @@ def score_choice(scorer: Scorer, ts: TaskSet, seed: int = 0) -> tuple[dict, list
                                  f"{len(it.choices)} choices")
             ll = np.array([next(lls) for _ in it.choices])
             pred = int(np.argmax(ll))
-            pred_norm = int(np.argmax(ll / np.array([float(len(c)) for c in it.choices])))
+            pred_norm = int(np.argmax(ll / np.array(it.norm_lengths())))
             correct["acc"][k, j] = pred == it.gold
             correct["acc_norm"][k, j] = pred_norm == it.gold
             rows.append({"id": it.id, "template": t, "lls": ll.tolist(), "pred": pred, "pred_norm": pred_norm,

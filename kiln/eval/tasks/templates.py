@@ -6,6 +6,9 @@ pattern and a choice pattern (the verbalizer) over those fields, in ``str.format
 render the same questions, so the spread of accuracy across them measures prompt sensitivity (Liu et al.
 2021, "Pre-train, Prompt, and Predict", §3-4: prompt shape and answer verbalizer both move zero-shot scores).
 
+A template with a ``continuation`` pattern scores that text after ``context + choice`` instead of the choice
+(partial scoring; see :mod:`kiln.eval.tasks.items`).
+
 Few-shot (Brown et al. 2020): ``k`` solved questions, rendered with the same template and their gold choice
 appended, go before the question, separated by a blank line.
 """
@@ -24,6 +27,7 @@ from kiln.eval.tasks.items import Item
 
 TEMPLATES_FILE = Path(__file__).with_name("templates.yaml")
 SHOT_SEPARATOR = "\n\n"
+TEMPLATE_KEYS = frozenset({"context", "choice", "continuation"})
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Template:
     name: str
     context: str
     choice: str
+    continuation: str | None = None  # partial scoring: a text after the choice, scored the same for every choice
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,15 @@ def _parse(path: str, text: str) -> dict[str, list[Template]]:
         out[str(task)] = []
         for name, spec in templates.items():
             where = f"{path}: {task}.{name}"
-            if not isinstance(spec, dict) or set(spec) != {"context", "choice"}:
+            if not isinstance(spec, dict) or not {"context", "choice"} <= set(spec) <= TEMPLATE_KEYS:
                 got = sorted(spec) if isinstance(spec, dict) else type(spec).__name__
-                raise ValueError(f"{where}: expected exactly the keys 'context' and 'choice', got {got}")
-            if not all(isinstance(spec[k], str) for k in ("context", "choice")):
-                raise ValueError(f"{where}: 'context' and 'choice' must be strings")
-            out[str(task)].append(Template(str(name), spec["context"], spec["choice"]))
+                raise ValueError(f"{where}: expected the keys 'context' and 'choice' (and optionally "
+                                 f"'continuation'), got {got}")
+            if not all(isinstance(spec[k], str) for k in spec):
+                raise ValueError(f"{where}: {', '.join(map(repr, spec))} must be strings")
+            if spec.get("continuation") == "":
+                raise ValueError(f"{where}: 'continuation' is empty (leave it out to score the choices)")
+            out[str(task)].append(Template(str(name), spec["context"], spec["choice"], spec.get("continuation")))
     return out
 
 
@@ -116,25 +124,27 @@ def _format(pattern: str, fields: dict[str, str], where: str) -> str:
         raise ValueError(f"{where}: bad pattern {pattern!r} ({exc})") from None
 
 
-def render_parts(t: Template, q: Question, task: str) -> tuple[str, tuple[str, ...]]:
-    """``(context, choices)`` of one question under one template."""
+def render_parts(t: Template, q: Question, task: str) -> tuple[str, tuple[str, ...], str | None]:
+    """``(context, choices, continuation)`` of one question under one template."""
     where = f"template {task}.{t.name}"
     context = _format(t.context, q.fields, where)
     choices = tuple(_format(t.choice, {**q.fields, **opt}, where) for opt in q.options)
-    return context, choices
+    continuation = None if t.continuation is None else _format(t.continuation, q.fields, where)
+    return context, choices, continuation
 
 
 def render(t: Template, q: Question, task: str, shots: list[Question]) -> Item:
     """The item of ``q`` under ``t``, with the solved ``shots`` in front."""
-    context, choices = render_parts(t, q, task)
+    context, choices, continuation = render_parts(t, q, task)
     if shots:
         solved = []
         for s in shots:
-            s_context, s_choices = render_parts(t, s, task)
-            solved.append(s_context + s_choices[s.gold])
+            s_context, s_choices, s_continuation = render_parts(t, s, task)
+            solved.append(s_context + s_choices[s.gold] + (s_continuation or ""))
         context = SHOT_SEPARATOR.join(solved) + SHOT_SEPARATOR + context
     if len(set(choices)) != len(choices):
         raise ValueError(f"template {task}.{t.name}: question {q.id} renders two equal choices {choices}")
     doc_ids = tuple(dict.fromkeys(d for d in (q.doc_id, *(s.doc_id for s in shots)) if d))
-    return Item(id=q.id, context=context, choices=choices, gold=q.gold, label=q.label, doc_ids=doc_ids)
+    return Item(id=q.id, context=context, choices=choices, gold=q.gold, label=q.label, doc_ids=doc_ids,
+                continuation=continuation)
 
