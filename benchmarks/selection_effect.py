@@ -1,26 +1,33 @@
-"""PreSelect vs random vs perplexity filter at the same kept fraction of characters on a mixed pool (issue 14).
+"""PreSelect, GOT-D and ORCA-ICL vs random vs a perplexity filter at the same kept fraction of characters on a
+mixed pool, toward one target domain (issue 14).
 
 PreSelect: Shum, Huang, Zhu, Zhang, He et al. 2025, "Predictive Data Selection: The Data That Predicts Is the
 Data That Teaches" (arXiv 2503.00808). Perplexity filter: Wenzek et al. 2020, "CCNet: Extracting High Quality
-Monolingual Datasets from Web Crawl Data" (arXiv 1911.00359); at a kept fraction as in Marion et al. 2023, "When
-Less is More: Investigating Data Pruning for Pretraining LLMs at Scale" (arXiv 2309.04564).
+Monolingual Datasets from Web Crawl Data" (arXiv 1911.00359). GOT-D: Kang et al. 2024, "Get more for less:
+Principled Data Selection for Warming Up Fine-Tuning in LLMs" (arXiv 2405.02774). ORCA-ICL: Han et al. 2023,
+"Understanding In-Context Learning via Supportive Pretraining Data" (arXiv 2306.15091). All at a kept fraction,
+as in Marion et al. 2023, "When Less is More: Investigating Data Pruning for Pretraining LLMs at Scale" (arXiv
+2309.04564).
 
 The sweep is ``recipes/sweeps/selection.yaml`` (the guide pool: Shakespeare modern + Folio, pydocs, planted
-junk; variants ``random``, ``perplexity``, ``preselect`` keeping 50% of the characters, and ``full``; equal
-training tokens, 2 seeds, baseline ``random``; target domain = held-out modern-spelling Shakespeare). This
+junk; variants ``random``, ``perplexity``, ``preselect``, ``gotd`` and ``orca``, each keeping 50% of the
+characters; equal training tokens, 2 seeds, baseline ``random``; target domain = held-out modern-spelling
+Shakespeare). This
 script does the whole study in one work folder (default ``runs/selection-effect/``):
 
 1. trains the reference models with ``kiln run`` into ``WORK/refs/``: ``ref-s``, ``ref-m``, ``ref-l`` = the
    guide pool at d_model 32 / 64 / 128 and the same steps, each evaluated on ``bpb-shakespeare-modern`` (PreSelect
    ranks them by it, lower = better); ``ref-target`` = the same model trained on modern-spelling Shakespeare
    alone (the perplexity filter's reference: low bits per byte under a model of the target domain);
+   then, from ``ref-target``'s *train* split (never a held-out document), GOT-D's target sample
+   ``WORK/refs/gotd-target.jsonl`` and ORCA-ICL's task ``WORK/refs/orca-target.jsonl``;
 2. writes the filled sweep file ``WORK/<sweep>.yaml`` (the shipped file with its base made absolute, and the
    ``--quick`` / ``--keep`` / ``--seeds`` changes) and checks it (every variant's recipe validates; every
    selecting variant keeps the same share of characters);
 3. runs ``kiln ablate WORK/<sweep>.yaml --root WORK`` (runs in ``WORK/<sweep>/<variant>/seed-<s>/``; rerunning
    finishes only what is missing) and prints the report's path, the kept share of each variant and a short table.
 
-    python benchmarks/selection_effect.py                          # the full study: 4 references + 8 runs
+    python benchmarks/selection_effect.py                          # the full study: 4 references + 10 runs
     python benchmarks/selection_effect.py --quick --work /tmp/sel  # a smoke run: 30 steps, 1 seed, small eval
     python benchmarks/selection_effect.py --dry-run                # write and check the sweep; run nothing
 
@@ -50,7 +57,10 @@ POOL = RECIPES / "guide-pool.yaml"
 REFERENCE_SIZES = {"ref-s": 32, "ref-m": 64, "ref-l": 128}  # d_model of PreSelect's references (same steps)
 TARGET_REF = "ref-target"
 TARGET_TASK = "bpb-shakespeare-modern"
-SELECTING = ("random", "perplexity", "preselect")
+SELECTING = ("random", "perplexity", "preselect", "gotd", "orca")
+GOTD_TARGET_DOCS = 200  # GOT-D's target sample: documents of the target domain's train split
+ORCA_EXAMPLES = 96  # ORCA-ICL's task: (4 lines of a speech -> the next line) examples
+ORCA_CONTEXT_LINES = 4
 QUICK_STEPS = 30
 QUICK = {  # --quick: everything small enough for a smoke run on a loaded 2-core machine
     "train.steps": QUICK_STEPS, "train.warmup_steps": 2, "train.eval_every": QUICK_STEPS,
@@ -106,8 +116,13 @@ def sweep_tree(quick: bool = False, keep: float | None = None, seeds: int | None
         for step in (variant or {}).get("corpus.steps", []):
             if step["step"] == "select" and keep is not None:
                 step["keep_fraction"] = keep
-            elif step["step"] == "perplexity_score":
+            elif step["step"] in ("perplexity_score", "orca_score"):
                 step["checkpoint"] = _ref_path(step["checkpoint"], refs_name)
+                if "task_file" in step:
+                    step["task_file"] = _ref_path(step["task_file"], refs_name)
+            elif step["step"] == "gotd_score":
+                for target in step["target"]:
+                    target["path"] = _ref_path(target["path"], refs_name)
             elif step["step"] == "preselect":
                 for ref in step["references"]:
                     ref["checkpoint"] = _ref_path(ref["checkpoint"], refs_name)
@@ -170,6 +185,34 @@ def train_references(refs: Path, quick: bool) -> None:
         bpb = _get(json.loads(metrics.read_text(encoding="utf-8")), f"tasks/{TARGET_TASK}/bpb") \
             if metrics.exists() else None
         print(f"reference {name}: {TARGET_TASK} bpb {bpb} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def write_targets(refs: Path) -> None:
+    """GOT-D's target sample and ORCA-ICL's task file, from ``ref-target``'s train split (hash-ordered, so the
+    choice is deterministic): the first :data:`GOTD_TARGET_DOCS` documents are GOT-D's target; the next ones
+    give ORCA's examples, one per document (:data:`ORCA_CONTEXT_LINES` lines of dialogue, then the next line)."""
+    import hashlib
+
+    from kiln.corpus.files import iter_text_batches
+    from kiln.run import RunDir
+
+    corpus = RunDir(refs / TARGET_REF).stage("corpus")
+    docs = [(i, t) for batch in iter_text_batches(corpus, "train", columns=("id", "text"))
+            for i, t in zip(batch["id"], batch["text"], strict=True)]  # type: ignore[index]
+    docs.sort(key=lambda d: hashlib.sha256(str(d[0]).encode()).hexdigest())
+    gotd = [{"id": i, "text": t} for i, t in docs[:GOTD_TARGET_DOCS]]
+    orca: list[dict[str, str]] = []
+    for _, text in docs[GOTD_TARGET_DOCS:]:
+        lines = [line for line in text.split("\n") if line.strip()]
+        mid = len(lines) // 2
+        window = lines[mid:mid + ORCA_CONTEXT_LINES + 1]
+        if len(window) == ORCA_CONTEXT_LINES + 1 and len(window[-1].strip()) >= 10:
+            orca.append({"context": "\n".join(window[:-1]) + "\n", "answer": window[-1]})
+        if len(orca) == ORCA_EXAMPLES:
+            break
+    for name, rows in (("gotd-target.jsonl", gotd), ("orca-target.jsonl", orca)):
+        (refs / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    print(f"targets: {len(gotd)} GOT-D target documents, {len(orca)} ORCA examples in {refs}", flush=True)
 
 
 def _get(tree: Any, path: str) -> Any:
@@ -240,6 +283,7 @@ def main() -> None:
         print(f"then: kiln ablate {path} --root {work} --jobs {args.jobs}")
         return
     train_references(work / refs_name, args.quick)
+    write_targets(work / refs_name)
     cmd = kiln_cmd("ablate", str(path), "--root", str(work), "--jobs", str(args.jobs))
     print(f"sweep: {' '.join(cmd)}", flush=True)
     code = subprocess.call(cmd)
