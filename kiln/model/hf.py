@@ -195,14 +195,7 @@ def to_llama(model: LanguageModel, dtype: torch.dtype = torch.float32) -> tuple[
 
     config = llama_config(model.config, dtype)
     state, dropped = llama_state_dict(model)
-    hf = LlamaForCausalLM(config).float()
-    missing, unexpected = hf.load_state_dict({k: v.float().cpu() for k, v in state.items()}, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:  # a transformers version that names things differently: never export half a model
-        raise ExportError(f"weight names do not match this transformers' Llama: missing {missing}, "
-                          f"unexpected {unexpected}")
-    if config.tie_word_embeddings and hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr():
-        raise ExportError("transformers did not tie lm_head to embed_tokens")
+    hf = _loaded(LlamaForCausalLM(config).float(), config, state, "Llama")
     return hf.eval(), dropped
 
 
@@ -278,15 +271,20 @@ def to_mixtral(model: LanguageModel, dtype: torch.dtype = torch.float32) -> tupl
 
     config = mixtral_config(model.config, dtype)
     state, dropped = mixtral_state_dict(model)
-    hf = MixtralForCausalLM(config).float()
+    return _loaded(MixtralForCausalLM(config).float(), config, state, "Mixtral").eval(), dropped
+
+
+def _loaded(hf: Any, config: Any, state: dict[str, torch.Tensor], family: str) -> Any:
+    """``hf`` with ``state`` loaded (fp32, CPU), refusing a partial load: a transformers version that names things
+    differently must never export half a model; tied embeddings must really be tied."""
     missing, unexpected = hf.load_state_dict({k: v.float().cpu() for k, v in state.items()}, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ExportError(f"weight names do not match this transformers' Mixtral: missing {missing}, "
+        raise ExportError(f"weight names do not match this transformers' {family}: missing {missing}, "
                           f"unexpected {unexpected}")
     if config.tie_word_embeddings and hf.lm_head.weight.data_ptr() != hf.model.embed_tokens.weight.data_ptr():
         raise ExportError("transformers did not tie lm_head to embed_tokens")
-    return hf.eval(), dropped
+    return hf
 
 
 @torch.no_grad()
