@@ -33,7 +33,9 @@ script does the whole study in one work folder (default ``runs/selection-effect/
 
 Cost: the ``--quick`` run took 26 min on a heavily loaded 2-core machine (references 5.5 min; the sweep 20 min,
 of which 5 min scoring the 3,433-document pool with the perplexity reference and 6 min PreSelect's 3 x 1,000
-reference losses); a rerun with everything done takes ~25 s. The full configuration was not timed. With 30-step
+reference losses); a rerun with everything done takes ~25 s. The full study (4 references, 10 runs, --jobs 2)
+took 2 h 05 min on 2026-11-29 while the 2 cores also ran four other jobs (load average 6-11): references
+3-27 min each, the sweep ~60 min. Its table is in docs/methods.md. With 30-step
 references, the larger model is better on most documents (792 of 1,000 positives), so ``--quick`` tests the
 plumbing, not the method.
 """
