@@ -1,4 +1,5 @@
-"""benchmarks/selection_effect.py: the PreSelect vs random vs perplexity sweep it writes, and its summary table.
+"""benchmarks/selection_effect.py: the selection sweep it writes (PreSelect, GOT-D, ORCA-ICL, perplexity, random), and
+its summary table.
 
 Fast checks of the script's logic (no training): the shipped and the filled sweep files validate through kiln's
 own sweep validation; the selecting variants keep the same share of characters (on a synthetic pool, by the
@@ -35,17 +36,17 @@ def bench():
 
 def test_shipped_sweep_validates_with_equal_kept_shares_tokens_budget_and_random_baseline(bench) -> None:
     sweep = load_sweep(bench.SWEEP)
-    assert list(sweep.recipes) == ["random", "perplexity", "preselect", "full"]
+    assert list(sweep.recipes) == ["random", "perplexity", "preselect", "gotd", "orca"]
     assert sweep.baseline == "random" and sweep.spec.budget == "tokens" and sweep.seeds == [0, 1]
     assert "tasks/bpb-shakespeare-modern/bpb" in sweep.spec.metrics
     tree = bench.sweep_tree()
-    assert bench.kept_fractions(tree) == {"random": 0.5, "perplexity": 0.5, "preselect": 0.5, "full": 1.0}
+    assert bench.kept_fractions(tree) == dict.fromkeys(bench.SELECTING, 0.5)
     pre = sweep.recipes["preselect"].corpus.steps[-2]
     assert pre.rank_by == "tasks/bpb-shakespeare-modern/bpb" and pre.higher_is_better is False
     assert len(pre.references) == 3
     # every variant builds the same pool before its selection
     pools = {v: [s.model_dump() for s in r.corpus.steps[:4]] for v, r in sweep.recipes.items()}
-    assert all(p == pools["full"] for p in pools.values())
+    assert all(p == pools["random"] for p in pools.values())
 
 
 def test_filled_sweep_validates_and_points_at_the_reference_runs(bench, tmp_path: Path) -> None:
@@ -53,13 +54,17 @@ def test_filled_sweep_validates_and_points_at_the_reference_runs(bench, tmp_path
     path = bench.write_sweep(tree, tmp_path)
     sweep = load_sweep(path)
     assert sweep.name == "selection-quick" and sweep.seeds == [0]
-    assert bench.kept_fractions(tree) == {"random": 0.3, "perplexity": 0.3, "preselect": 0.3, "full": 1.0}
+    assert bench.kept_fractions(tree) == dict.fromkeys(bench.SELECTING, 0.3)
     assert {r.train.steps for r in sweep.recipes.values()} == {bench.QUICK_STEPS}
     run_dir = tmp_path / sweep.name / "preselect" / "seed-0"  # where kiln ablate --root tmp_path puts the run
     refs = [(run_dir / r.checkpoint).resolve() for r in sweep.recipes["preselect"].corpus.steps[-2].references]
     assert refs == [(tmp_path / "refs-quick" / n).resolve() for n in bench.REFERENCE_SIZES]
     ppl = sweep.recipes["perplexity"].corpus.steps[-2]
     assert (run_dir / ppl.checkpoint).resolve() == (tmp_path / "refs-quick" / bench.TARGET_REF).resolve()
+    gotd, orca = sweep.recipes["gotd"].corpus.steps[-2], sweep.recipes["orca"].corpus.steps[-2]
+    assert (run_dir / gotd.target[0].path).resolve() == (tmp_path / "refs-quick" / "gotd-target.jsonl").resolve()
+    assert (run_dir / orca.task_file).resolve() == (tmp_path / "refs-quick" / "orca-target.jsonl").resolve()
+    assert (run_dir / orca.checkpoint).resolve() == (tmp_path / "refs-quick" / "ref-l").resolve()
     runs = bench.reference_runs(tmp_path / "refs-quick", quick=True)
     assert [tmp_path / "refs-quick" / n for n in runs] == [Path(a[a.index("--run-dir") + 1]) for a in runs.values()]
 
@@ -83,7 +88,8 @@ def test_each_variants_select_keeps_half_the_characters_and_perplexity_the_low_e
     docs = [{"id": f"d{i}", "text": "x" * int(lengths[i]), "source": "pool",
              "random": float(rng.random()),
              "perplexity": float(rng.normal(1.5 if target[i] else 3.0, 0.3)),  # the target domain scores low
-             "preselect": float(rng.random())} for i in range(n)]
+             "preselect": float(rng.random()), "gotd": float(rng.random()), "orca": float(rng.random())}
+            for i in range(n)]
     total = float(lengths.sum())
     tree = bench.sweep_tree()
     shares = {}
