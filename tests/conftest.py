@@ -40,3 +40,15 @@ def logs(capsys, monkeypatch):
     """``capsys`` with kiln's log lines on (CI sets ``KILN_QUIET=1``, which silences them)."""
     monkeypatch.delenv("KILN_QUIET", raising=False)
     return capsys
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread (as ``train.threads=1``): tiny matmuls only lose to thread contention on a shared
+    2-core machine (measured up to 10x slower with two)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -34,13 +34,7 @@ def _model(backend: str = "sdpa", **kw) -> LanguageModel:
     return LanguageModel(cfg).eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one torch thread is faster than several on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 SEGMENTS = torch.tensor([[0] * 7 + [1] * 9, [0] * 12 + [-1] * 4])

@@ -253,14 +253,6 @@ def test_checkpoint_round_trip_keeps_the_coarse_head(obj, tmp_path):
 # ----------------------------------------------------------------------------- effect check (spec 3(d))
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on the shared 2-core machine two threads thrash (measured 10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.slow  # measured ~30 s on the shared 2-core CPU
 def test_coarse_head_beats_the_majority_baseline_on_recurring_trigrams(one_thread):

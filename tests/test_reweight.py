@@ -28,14 +28,7 @@ from kiln.objectives.reweight_args import STRATEGIES, check_reweight_args
 REPO = Path(__file__).resolve().parents[1]
 V, T = 64, 32
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread (as train.threads=1): tiny matmuls only lose to thread contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ----------------------------------------------------------------------------- weights
