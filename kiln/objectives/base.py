@@ -71,6 +71,9 @@ class Objective(ABC):
     # Every step's loss reaches every trainable parameter (the heads it names, the backbone). False for
     # objectives that switch between objectives using different heads: DDP must then look for unused ones.
     uses_every_head: bool = True
+    # Every rank's micro-batches report the same metric names. False for objectives that pick a sub-objective per
+    # micro-batch (a mixture of clm + kd: same heads, different metrics): the trainer then agrees on names first.
+    same_metrics_on_every_rank: bool = True
 
     @property
     def heads(self) -> dict[str, dict[str, Any]]:

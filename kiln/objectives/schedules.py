@@ -25,6 +25,8 @@ from kiln.objectives.transforms.schedule import ObjectiveMixture, biphasic_objec
 class Switching(Objective):
     """Delegates to one of ``self.objectives`` per micro-batch, chosen by :meth:`choose`."""
 
+    same_metrics_on_every_rank = False
+
     objectives: dict[str, Objective]
 
     def choose(self) -> str:

@@ -242,7 +242,7 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         loss_total = float(loss_acc)
-        if world > 1:  # ranks may have run different sub-objectives (a mixture), naming different metrics
+        if world > 1 and not self.objective.same_metrics_on_every_rank:  # ranks ran different sub-objectives
             sums.agree(dist.all_gather_object(sorted(sums.sums)))
         reduced = dist.all_reduce_sum([loss_total, sum(b.n_tokens for b in micro), *sums.values()], self.device)
         loss, n_tokens = reduced[0] / n_targets, int(reduced[1])
