@@ -139,6 +139,10 @@ class TrainConfig(Section):
         "salt, self_distill, minilm; alone or in a mixture): a kiln checkpoint, run directory or `kiln export` "
         "folder, or minilm (the packaged all-MiniLM-L6-v2); its vocabulary must equal the student's "
         "(kiln/objectives/teacher.py)")
+    route_by_domain: bool = Field(
+        False, description="enforced routing: every token goes to the expert of its document's domain "
+        "(tokens.domain_field; model.moe.n_experts = the number of domains); the router learns to predict the "
+        "domain for use without metadata (kiln/train/domain_routing.py)")
     steps: int = Field(1000, ge=1)
     batch_tokens: int = Field(16384, ge=1, description="global batch size in tokens per optimizer step")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward pass (per rank)")

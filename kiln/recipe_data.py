@@ -148,6 +148,10 @@ class RecallSource(SyntheticSource):
 
 class TokensConfig(Section):
     dtype: Literal["auto", "uint16", "uint32"] = "auto"
+    domain_field: str | None = Field(
+        None, description="a corpus column (e.g. source) numbered per document as its domain: tokens/domains.json "
+        "lists the values, each shard's .domain.npy the ids; train.route_by_domain routes by it "
+        "(kiln/data/domains.py)")
     workers: int = Field(0, ge=0, description="processes encoding corpus parts in parallel; 0 = auto (one per core "
                          "when there are >= 2 parts per core, else 1); 1 = this process (the Rust encoder still uses "
                          "every core); same output either way",

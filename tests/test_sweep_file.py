@@ -149,7 +149,7 @@ def test_equal_tokens_budget(tmp_path: Path) -> None:
     variants = {"base": {}, "big-batch": {"train.batch_tokens": 1024}, "odd": {"train.batch_tokens": 384}}
     sweep = load_sweep(write_sweep(tmp_path, budget="tokens", variants=variants))
     recipes, costs = apply_budget(sweep.recipes, "tokens", sweep.baseline)
-    # 2560 baseline tokens: 2560/1024 = 2.5 -> 2 (Python rounds half to even), 2560/384 = 6.67 -> 7
+    # 2560 baseline tokens: 2560/1024 = 2.5 -> 2 (a tie goes to the fewer steps), 2560/384 = 6.67 -> 7
     assert [costs[v]["steps"] for v in variants] == [10, 2, 7]
     assert costs["base"]["tokens"] == 2560 and costs["odd"]["tokens"] == 7 * 384
     assert recipes["big-batch"].train.steps == 2 and recipes["big-batch"].train.batch_tokens == 1024
@@ -175,6 +175,30 @@ def test_equal_flops_budget_uses_the_models_flops_per_token(tmp_path: Path) -> N
         assert recipes[v].train.steps == costs[v]["steps"]
         assert abs(costs[v]["flops"] - budget) <= per_step / 2
     assert cost(recipes["deep"])["flops"] == costs["deep"]["flops"]
+
+
+def test_equal_flops_budget_counts_only_unmasked_weights(tmp_path: Path) -> None:
+    """SPDF's count: a 75%-sparse variant gets the dense steps x the dense/sparse FLOP ratio; a mask dense after
+    step k (dense_from) is solved for by iteration and lands within half a step of the budget."""
+    from kiln.model.flops import sparse_flops_ratio
+
+    spdf = [{"name": "spdf", "sparsity": 0.75}]
+    late = [{"name": "spdf", "sparsity": 0.75, "dense_from": 5}]
+    gmp = [{"name": "gradual_pruning", "final_sparsity": 0.75}]
+    variants = {"dense": {}, "spdf": {"train.callbacks": spdf}, "late": {"train.callbacks": late},
+                "gmp": {"train.callbacks": gmp}}
+    sweep = load_sweep(write_sweep(tmp_path, budget="flops", variants=variants))
+    recipes, costs = apply_budget(sweep.recipes, "flops", "dense")
+    cfg = TransformerConfig.from_recipe(sweep.recipes["dense"].model, 600, 64)
+    ratio = sparse_flops_ratio(cfg, 64, 0.75)
+    assert 1.3 < ratio < 3
+    assert costs["spdf"]["steps"] == round(10 * ratio) > 10
+    budget = costs["dense"]["flops"]
+    dense_step = 256 * flops_per_token(recipes["dense"])  # no step of any variant costs more
+    for v in ("spdf", "late", "gmp"):
+        assert abs(costs[v]["flops"] - budget) <= dense_step / 2, v
+    assert 10 < costs["late"]["steps"] < costs["spdf"]["steps"]  # dense after step 5 of its run
+    assert costs["gmp"]["steps"] == round(10 / (1 - (1 - 1 / sparse_flops_ratio(cfg, 64, 0.75 * 0.625))))
 
 
 def test_ablate_is_registered_and_vary_needs_a_recipe(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Each document becomes ``<|bos|> tokens <|eos|>``; shards keep document boundaries so any packing, ordering
 or objective can be applied later without re-tokenizing. Corpus part ``k`` of a split (``corpus/{split}-0000k
 .parquet``, or the legacy single ``{split}.parquet`` as part 0) becomes token shard ``tokens/{split}-0000k``;
-``{split}.shards.json`` lists a split's shards and is written last. Document order is corpus order.
+``{split}.shards.json`` lists a split's shards and is written last. Document order is corpus order. With
+``tokens.domain_field``, each shard also gets its documents' domain ids (``kiln/data/domains.py``).
 
 Memory is bounded by one batch of ``batch_rows`` documents per worker: a part is read batch by batch,
 encoded with the ``tokenizers`` batch encoder and streamed into its shard. With ``tokens.workers`` > 1 the
@@ -22,6 +23,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from kiln.corpus.files import split_files
+from kiln.data.domains import column_values, domain_ids, domain_names, write_doc_domains, write_domain_names
 from kiln.data.shards import ShardWriter, choose_dtype, shard_name, write_split_index
 from kiln.faults import ENV as FAULT_ENV
 from kiln.progress import track
@@ -40,6 +42,8 @@ class PartTask:
     prefix: Path
     dtype: str
     batch_rows: int = BATCH_ROWS
+    domain_field: str | None = None  # tokens.domain_field: also write the documents' domain ids
+    domains: tuple[str, ...] = ()  # the numbered domain values (kiln/data/domains.py)
 
 
 def read_batches(parquet: Path, batch_rows: int) -> Iterator[list[str]]:
@@ -64,6 +68,9 @@ def encode_batches(tok: Tokenizer, batches: Iterable[list[str]], prefix: Path, d
 
 
 def encode_part(tok: Tokenizer, task: PartTask) -> dict:
+    if task.domain_field is not None:  # before the shard: a shard without its ids never looks complete
+        ids = domain_ids(column_values(task.parquet, task.domain_field), task.domains)
+        write_doc_domains(task.prefix, ids)
     return encode_batches(tok, read_batches(task.parquet, task.batch_rows), task.prefix, task.dtype)
 
 
@@ -131,10 +138,17 @@ def encode_corpus(cfg: TokensConfig, tok: Tokenizer, corpus_dir: Path, out_dir: 
     """Write ``out_dir/{split}-NNNNN.bin|.idx.npy|.json`` and ``{split}.shards.json``; per-split counts."""
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     dtype = choose_dtype(tok.get_vocab_size(), cfg.dtype)
-    tasks = [PartTask(split, path, out_dir / shard_name(split, i), dtype, batch_rows)
-             for split in SPLITS for i, path in enumerate(split_files(corpus_dir, split))]
+    parts = [(split, i, path) for split in SPLITS for i, path in enumerate(split_files(corpus_dir, split))]
+    field = cfg.domain_field
+    domains = tuple(domain_names([p for _, _, p in parts], field)) if field else ()
+    if field:
+        write_domain_names(out_dir, field, domains)
+    tasks = [PartTask(split, path, out_dir / shard_name(split, i), dtype, batch_rows, field, domains)
+             for split, i, path in parts]
     results = run_tasks(tok, tasks, resolve_workers(cfg.workers, len(tasks)))
     stats: dict = {"dtype": dtype, "vocab_size": tok.get_vocab_size()}
+    if field:
+        stats["domains"] = {"field": field, "names": list(domains)}
     for split in SPLITS:
         shards = [r for t, r in zip(tasks, results, strict=True) if t.split == split]
         write_split_index(out_dir, split, shards)

@@ -35,7 +35,8 @@ class Batch:
     the part of one document inside the row. ``positions`` restart at 0 at every segment start when
     ``attention == "document"`` (0 on padding) and run 0..seq_len-1 along each row when ``"causal"``; a document
     continuing from the previous row does not carry its position count over. The trainer passes ``segments``
-    to the model only for ``"document"`` attention.
+    to the model only for ``"document"`` attention. ``domains``: each token's document domain id (-1 on padding)
+    when the tokens carry them (``tokens.domain_field``), else None.
     """
 
     tokens: torch.Tensor  # (B, seq_len) int64; pad id fills empty space
@@ -43,6 +44,7 @@ class Batch:
     positions: torch.Tensor  # (B, seq_len) int64
     attention: str
     n_tokens: int  # non-pad tokens
+    domains: torch.Tensor | None = None  # (B, seq_len) int64
 
     @property
     def batch_size(self) -> int:
@@ -55,6 +57,7 @@ class Batch:
             positions=self.positions.to(device, non_blocking=non_blocking),
             attention=self.attention,
             n_tokens=self.n_tokens,
+            domains=None if self.domains is None else self.domains.to(device, non_blocking=non_blocking),
         )
 
 
@@ -80,8 +83,10 @@ def check_packing(shard: Shards, packing: Packing) -> None:
             raise ValueError(f"packing has rows longer than seq_len={packing.seq_len}")
 
 
-def materialise(shard: Shards, packing: Packing, rows: np.ndarray, pad_id: int, attention: str) -> Batch:
-    """Build the batch of the given packing rows (in that order); copies only the tokens the rows use."""
+def materialise(shard: Shards, packing: Packing, rows: np.ndarray, pad_id: int, attention: str,
+                doc_domains: np.ndarray | None = None) -> Batch:
+    """Build the batch of the given packing rows (in that order); copies only the tokens the rows use.
+    ``doc_domains``: every document's domain id (:func:`kiln.data.domains.load_doc_domains`), spread to tokens."""
     rows = np.asarray(rows, dtype=np.int64)
     n, L = len(rows), packing.seq_len
     counts = packing.row_offsets[rows + 1] - packing.row_offsets[rows]
@@ -102,12 +107,18 @@ def materialise(shard: Shards, packing: Packing, rows: np.ndarray, pad_id: int, 
         positions[dest] = within
     else:
         positions = np.tile(np.arange(L, dtype=np.int64), n)
+    domains = None
+    if doc_domains is not None:
+        domains = np.full(n * L, -1, dtype=np.int64)
+        domains[dest] = np.repeat(doc_domains[packing.seg_doc[seg]], lens)
+        domains = torch.from_numpy(domains.reshape(n, L))
     return Batch(
         tokens=torch.from_numpy(tokens.reshape(n, L)),
         segments=torch.from_numpy(segments.reshape(n, L)),
         positions=torch.from_numpy(positions.reshape(n, L)),
         attention=attention,
         n_tokens=int(row_tokens.sum()),
+        domains=domains,
     )
 
 
@@ -125,6 +136,7 @@ class PackedLoader:
         rank: int = 0,
         world_size: int = 1,
         shuffle: bool = True,
+        doc_domains: np.ndarray | None = None,
     ) -> None:
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
@@ -139,6 +151,7 @@ class PackedLoader:
         self.rank = rank
         self.world_size = world_size
         self.shuffle = shuffle
+        self.doc_domains = doc_domains
         self.rows_per_epoch: int = packing.n_rows
         self.rows_consumed: int = 0
         self._perms: dict[int, np.ndarray] = {}
@@ -172,7 +185,8 @@ class PackedLoader:
 
     def rows(self, global_row_ids: np.ndarray) -> Batch:
         """Materialise the given global rows (positions in the shuffled stream) as one batch."""
-        return materialise(self.shard, self.packing, self.packing_rows(global_row_ids), self.pad_id, self.attention)
+        return materialise(self.shard, self.packing, self.packing_rows(global_row_ids), self.pad_id, self.attention,
+                           self.doc_domains)
 
     def step_row_ids(self, rows_per_step: int, step_offset: int = 0) -> np.ndarray:
         """Global row ids this rank reads at the next step (``step_offset`` steps ahead); nothing advances."""
@@ -240,6 +254,7 @@ def iter_eval_batches(
     attention: str,
     micro_batch_size: int,
     max_rows: int | None = None,
+    doc_domains: np.ndarray | None = None,
 ) -> Iterator[Batch]:
     """Every packing row once, in packing order (no shuffle), ``micro_batch_size`` rows at a time."""
     if attention not in ATTENTIONS:
@@ -249,4 +264,5 @@ def iter_eval_batches(
     check_packing(shard, packing)
     n = packing.n_rows if max_rows is None else min(packing.n_rows, max_rows)
     for i in range(0, n, micro_batch_size):
-        yield materialise(shard, packing, np.arange(i, min(i + micro_batch_size, n)), pad_id, attention)
+        yield materialise(shard, packing, np.arange(i, min(i + micro_batch_size, n)), pad_id, attention,
+                          doc_domains)

@@ -26,6 +26,7 @@ from kiln.corpus.files import iter_text_batches
 from kiln.data.loader import Batch
 from kiln.objectives.clm import IGNORE, next_token_targets
 from kiln.progress import track
+from kiln.train.domain_routing import batch_routing
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -49,7 +50,7 @@ def evaluate_lm(model: torch.nn.Module, batches: Iterable[Batch], token_bytes: n
         batch = batch.to(device)
         targets = next_token_targets(batch)
         segments = batch.segments if batch.attention == "document" else None
-        with autocast_for(device, precision):
+        with autocast_for(device, precision), batch_routing(model, batch):  # domains: train.route_by_domain
             logits = model(batch.tokens, positions=batch.positions, segments=segments)
         losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
                                  reduction="none")

@@ -15,6 +15,7 @@ from torch import nn
 
 from kiln.data.loader import Batch
 from kiln.objectives.base import Objective
+from kiln.train.domain_routing import attach_expert_ids, prepared_routing
 
 
 @torch.no_grad()
@@ -27,8 +28,9 @@ def objective_val_loss(model: nn.Module, objective: Objective, batches: Iterable
     total, n = 0.0, 0
     sums: dict[str, float] = {}
     for batch in batches:
-        p = objective.prepare(batch).to(device)
-        loss_sum, metrics = objective.loss(model, p)
+        p = attach_expert_ids(objective.prepare(batch), batch).to(device)
+        with prepared_routing(model, p):
+            loss_sum, metrics = objective.loss(model, p)
         total += float(loss_sum)
         n += p.n_targets
         for k, v in metrics.items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kiln import atomic
+from kiln.data.domains import load_doc_domains
 from kiln.data.loader import iter_eval_batches
 from kiln.data.packing import pack
 from kiln.data.shards import open_split
@@ -46,7 +47,9 @@ def run_eval(recipe: Recipe, run: RunDir, out: Path) -> dict:
     packing = pack(val.doc_lengths(), recipe.data.seq_len, recipe.data.packing)
     n_rows = packing.n_rows if recipe.eval.max_sequences is None else min(packing.n_rows, recipe.eval.max_sequences)
     mb = recipe.train.micro_batch_size
-    batches = iter_eval_batches(val, packing, SPECIAL_IDS[PAD], recipe.data.attention, mb, max_rows=n_rows)
+    domains = load_doc_domains(val) if recipe.train.route_by_domain else None
+    batches = iter_eval_batches(val, packing, SPECIAL_IDS[PAD], recipe.data.attention, mb, max_rows=n_rows,
+                                doc_domains=domains)
     objective = build_objective(recipe.train.objective, **recipe.train.objective_args)
     if run_encoder_reason(recipe, model.config.attention) is None:  # the rule generate uses too
         res = evaluate_lm(model, batches, load_token_bytes(token_bytes_dir(recipe, run)), device, precision,

@@ -32,8 +32,10 @@ before any second choice, earlier tokens first within a choice (GShard). A dropp
 inference never drop. The dropped fraction is logged (``moe_dropped``), so drops are never silent.
 
 Enforced routing (:func:`enforced_routing`): every token goes to one given expert with weight 1 (e.g. its
-document's domain); the router is not used (it stays in the graph with a zero contribution, so DDP sees every
-parameter) and both auxiliary losses are 0.
+document's domain); the router does not route and both auxiliary losses are 0. Instead the router's logits, on a
+detached copy of the hidden states (the backbone is not pulled toward separable domains), give the cross-entropy
+against the enforced expert (``RouterStats.route``): a router trained with it routes each token to the expert of
+the domain it looks like when no ids are given (``train.route_by_domain``).
 
 Every expert runs on every forward, on an empty batch when no token chose it, so an unrouted expert gets a
 zero gradient (not None): DDP and FSDP2 see every parameter. Note that AdamW's weight decay still shrinks an
@@ -79,6 +81,7 @@ class RouterStats:
     counts: Tensor  # (E,) assignments each expert processed (after capacity)
     dropped: Tensor  # assignments dropped by the capacity cap
     assignments: int  # N * k (N tokens, or N under enforced routing)
+    route: Tensor | None = None  # enforced routing: router cross-entropy against the enforced expert
 
 
 def balance_loss(probs: Tensor, top_idx: Tensor, n_experts: int) -> Tensor:
@@ -150,17 +153,21 @@ class MoEMLP(nn.Module):
         """x (B, T, d) -> (B, T, d)."""
         B, T, d = x.shape
         flat = x.reshape(-1, d)
-        logits = self.router(flat)  # (N, E)
-        zero = logits.new_zeros((), dtype=torch.float32)
+        route = None
         if self.forced is not None:
-            top_idx = self._forced_ids(B, T, x.device)[:, None]
+            ids = self._forced_ids(B, T, x.device)
+            logits = self.router(flat.detach())  # (N, E)
+            route = F.cross_entropy(logits.float(), ids)
+            top_idx = ids[:, None]
             top_w = torch.ones(top_idx.shape, dtype=flat.dtype, device=x.device)
-            balance, z, anchor = zero, zero, logits.sum() * 0.0  # the router stays in the graph, contributing 0
+            zero = logits.new_zeros((), dtype=torch.float32)
+            balance, z = zero, zero
         else:
+            logits = self.router(flat)  # (N, E)
             probs = torch.softmax(logits.float(), dim=-1)
             top_p, top_idx = probs.topk(self.top_k, dim=-1)
             top_w = (top_p / top_p.sum(-1, keepdim=True)).to(flat.dtype)
-            balance, z, anchor = balance_loss(probs, top_idx, self.n_experts), z_loss(logits), None
+            balance, z = balance_loss(probs, top_idx, self.n_experts), z_loss(logits)
         keep = None
         if self.capacity_factor is not None and self.training:
             capacity = math.ceil(self.capacity_factor * top_idx.numel() / self.n_experts)
@@ -171,13 +178,13 @@ class MoEMLP(nn.Module):
             tok, slot = torch.where(hit)
             y = expert(flat[tok]) * top_w[tok, slot, None]
             out.index_add_(0, tok, y.to(out.dtype))
-        if anchor is not None:
-            out = out + anchor.to(out.dtype)
+        if route is not None:  # the router stays in this output's graph (contributing 0): DDP sees every parameter
+            out = out + (logits.sum() * 0.0).to(out.dtype)
         with torch.no_grad():
             routed = top_idx if keep is None else top_idx[keep]
             counts = torch.bincount(routed.flatten(), minlength=self.n_experts)
             dropped = torch.tensor(top_idx.numel(), device=x.device) - counts.sum()
-        self.stats = RouterStats(balance, z, counts, dropped, top_idx.numel())
+        self.stats = RouterStats(balance, z, counts, dropped, top_idx.numel(), route)
         return out.view(B, T, d)
 
 

@@ -15,6 +15,10 @@ Logged in every train row (summed over ranks): ``moe_balance`` and ``moe_z`` (ta
 weighting), ``moe_tokens`` (per MoE layer, the assignments each expert processed in the step),
 ``moe_load_max`` (the busiest expert's share over the even share 1/E, worst layer; 1 = perfectly balanced),
 ``moe_dropped`` (share of assignments dropped by ``capacity_factor``; 0 without one).
+
+Under enforced routing (``train.route_by_domain``) the balancing and z losses are 0 and the router is trained
+instead to predict the enforced expert: ``+ n_targets * route_weight * mean_layers(route cross-entropy)``, on
+detached hidden states (only the router learns from it); logged as ``moe_route``.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ if TYPE_CHECKING:
 class MoEAux(TrainerCallback):
     name = "moe_aux"
 
-    def __init__(self) -> None:
+    def __init__(self, route_weight: float = 1.0) -> None:
+        if route_weight < 0:
+            raise ValueError(f"moe_aux: route_weight must be >= 0, got {route_weight}")
+        self.route_weight = route_weight
         self.layers: list = []
         self._reset()
 
     def _reset(self) -> None:
-        self._balance = self._z = 0.0
+        self._balance = self._z = self._route = 0.0
+        self._forced = False
         self._targets = 0
         self._counts: list[torch.Tensor] = []
         self._dropped = self._assignments = 0.0
@@ -71,6 +79,11 @@ class MoEAux(TrainerCallback):
         self._dropped += float(sum(float(s.dropped) for s in stats))
         self._assignments += float(sum(s.assignments for s in stats))
         aux = self.aux_weight * balance + self.z_weight * z
+        if all(s.route is not None for s in stats):
+            route = torch.stack([s.route for s in stats]).mean()
+            self._route += float(route.detach()) * n
+            self._forced = True
+            aux = aux + self.route_weight * route
         return loss_sum + aux.to(loss_sum.dtype) * n
 
     def after_backward(self, state: TrainState) -> None:
@@ -82,13 +95,15 @@ class MoEAux(TrainerCallback):
         flat = [c for layer in self._counts for c in layer.tolist()]
         device = self.layers[0].router.weight.device
         reduced = dist.all_reduce_sum([self._balance, self._z, float(self._targets), self._dropped,
-                                       self._assignments, *flat], device)
-        balance, z, targets, dropped, assignments = reduced[:5]
-        tokens = [[int(v) for v in reduced[5 + i * n_experts: 5 + (i + 1) * n_experts]] for i in range(n_layers)]
+                                       self._assignments, self._route, *flat], device)
+        balance, z, targets, dropped, assignments, route = reduced[:6]
+        tokens = [[int(v) for v in reduced[6 + i * n_experts: 6 + (i + 1) * n_experts]] for i in range(n_layers)]
         loads = [max(layer) * n_experts / max(sum(layer), 1) for layer in tokens]
         state.metrics.update({"moe_balance": balance / max(targets, 1.0), "moe_z": z / max(targets, 1.0),
                               "moe_load_max": max(loads), "moe_dropped": dropped / max(assignments, 1.0),
                               "moe_tokens": tokens})
+        if self._forced:
+            state.metrics["moe_route"] = route / max(targets, 1.0)
         self._reset()
 
 

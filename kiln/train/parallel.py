@@ -39,6 +39,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from kiln.data.loader import Batch
 from kiln.objectives.base import Objective, Prepared
 from kiln.train.dist import DistEnv
+from kiln.train.domain_routing import prepared_routing
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 AC_MODES = ("none", "full", "selective")
@@ -68,7 +69,8 @@ class TrainModule(nn.Module):
         """
         if prepared is None:
             return self.model(*args, **kwargs)
-        loss_sum, metrics = (objective or self.objective).loss(self.model, prepared)
+        with prepared_routing(self.model, prepared):  # train.route_by_domain: tokens to their domain's expert
+            loss_sum, metrics = (objective or self.objective).loss(self.model, prepared)
         for name in touch:
             head = self.model.lm_head if name == "lm_head" else self.model.heads[name]
             loss_sum = loss_sum + 0.0 * sum(p.sum() for p in head.parameters())

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kiln.data.domains import load_doc_domains, read_domain_names
 from kiln.data.loader import PackedLoader, iter_eval_batches
 from kiln.data.packing import Packing, pack
 from kiln.data.shards import Shards, open_split
@@ -46,6 +47,7 @@ from kiln.tokenizer.special import PAD, SPECIAL_IDS
 from kiln.train import dist
 from kiln.train.callbacks import TrainerCallback, TrainState, build_callbacks
 from kiln.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from kiln.train.domain_routing import attach_expert_ids, check_route_by_domain
 from kiln.train.guard import FaultGuard, TrainingOOM, is_oom, oom_message
 from kiln.train.init_from import init_weights_from
 from kiln.train.loggers import build_loggers
@@ -74,13 +76,20 @@ class TrainData:
     train_packing: Packing
     val_packing: Packing
     token_bytes: np.ndarray
+    train_domains: np.ndarray | None = None  # per-document domain ids, read for train.route_by_domain only
+    val_domains: np.ndarray | None = None
 
 
 def load_train_data(recipe: Recipe, tokens_dir: Path, token_bytes: np.ndarray) -> TrainData:
     d = recipe.data
     train, val = open_split(tokens_dir, "train"), open_split(tokens_dir, "val")
+    domains: tuple = (None, None)
+    if recipe.train.route_by_domain:
+        moe = TransformerConfig.from_recipe(recipe.model, 8, d.seq_len).moe  # vocab size does not matter here
+        check_route_by_domain(moe, read_domain_names(tokens_dir), tokens_dir)
+        domains = (load_doc_domains(train), load_doc_domains(val))
     return TrainData(train, val, pack(train.doc_lengths(), d.seq_len, d.packing),
-                     pack(val.doc_lengths(), d.seq_len, d.packing), token_bytes)
+                     pack(val.doc_lengths(), d.seq_len, d.packing), token_bytes, *domains)
 
 
 class Trainer:
@@ -133,7 +142,8 @@ class Trainer:
         self.pad_id = SPECIAL_IDS[PAD]
         self.loader = PackedLoader(data.train, data.train_packing, pad_id=self.pad_id,
                                    attention=recipe.data.attention, seed=recipe.data.seed,
-                                   rank=self.env.rank, world_size=self.env.world_size)
+                                   rank=self.env.rank, world_size=self.env.world_size,
+                                   doc_domains=data.train_domains)
         seq_len = recipe.data.seq_len
         self.rows_per_step = max(cfg.batch_tokens // seq_len, 1)
         self.flops_per_token = flops_per_token(self.model_config, seq_len)
@@ -211,7 +221,7 @@ class Trainer:
         # process when each rank's rows are whole micro-batches
         per_rank = self.rows_per_step // self.env.world_size
         self.objective.begin_step(self.step, self.env.rank * (per_rank // cfg.micro_batch_size))
-        prepared = [self.objective.prepare(b).to(self.device) for b in micro]
+        prepared = [attach_expert_ids(self.objective.prepare(b), b).to(self.device) for b in micro]
         world = self.env.world_size
         # the global target count: DDP/FSDP2 average gradients over ranks, hence the factor world / n_targets
         n_targets = max(dist.all_reduce_sum([sum(p.n_targets for p in prepared)], self.device)[0], 1)
@@ -289,7 +299,8 @@ class Trainer:
     def validate(self) -> dict:
         cfg = self.recipe.train
         batches = iter_eval_batches(self.data.val, self.data.val_packing, self.pad_id, self.recipe.data.attention,
-                                    cfg.micro_batch_size, max_rows=cfg.eval_sequences)
+                                    cfg.micro_batch_size, max_rows=cfg.eval_sequences,
+                                    doc_domains=self.data.val_domains)
         if self.val_objective is None:
             return evaluate_lm(self.par.eval_model, batches, self.data.token_bytes, self.device, self.precision)
         with autocast_for(self.device, self.precision):
