@@ -131,7 +131,7 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     objective: Literal["clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "ernie_gram", "clm_mlm",
-                       "mixture", "kd", "salt", "self_distill", "minilm", "reweight"] = "clm"
+                       "mixture", "kd", "salt", "self_distill", "minilm", "reweight", "ernie3"] = "clm"
     objective_args: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the objective's class (kiln/objectives/)")
     teacher: str | None = Field(

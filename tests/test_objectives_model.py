@@ -81,10 +81,10 @@ def test_every_objective_prepares_and_backpropagates(case, attention):
 
 def test_registry_and_recipes():
     assert set(OBJECTIVES) == {"clm", "mlm", "electra", "fim", "ul2", "codegen2", "mp3", "ernie_gram", "clm_mlm",
-                               "mixture", "kd", "salt", "self_distill", "minilm", "reweight"}
+                               "mixture", "kd", "salt", "self_distill", "minilm", "reweight", "ernie3"}
     for recipe, name in [("mlm", "mlm"), ("electra", "electra"), ("fim", "fim"), ("ul2", "ul2"),
                          ("codegen2", "codegen2"), ("mp3", "mp3"), ("ernie-gram", "ernie_gram"),
-                         ("clm-mlm", "clm_mlm"), ("mixture", "mixture")]:
+                         ("clm-mlm", "clm_mlm"), ("mixture", "mixture"), ("ernie3", "ernie3")]:
         r = load_recipe(recipe)
         assert r.train.objective == name
         obj = build_objective(name, **r.train.objective_args)

@@ -186,6 +186,12 @@ class Generator(nn.Module):
         return self.mlm(hidden, embedding.weight)
 
 
+def _task_module(cfg: TransformerConfig, layers: int = 1, ratio: float = 1.0) -> nn.Module:
+    from kiln.model.task_module import TaskModule  # ERNIE 3.0's NLU module (imports this file)
+
+    return TaskModule(cfg, layers, ratio)
+
+
 HEADS: dict[str, Callable[..., nn.Module]] = {
     "mlm": lambda cfg: MLMHead(cfg.d_model, cfg.d_model, cfg.vocab_size, cfg.norm_eps),
     "rtd": lambda cfg: ScalarHead(cfg.d_model),
@@ -193,6 +199,7 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "position": lambda cfg, n_positions=None: PositionHead(cfg.d_model, n_positions or cfg.max_seq_len),
     "generator": lambda cfg, ratio=0.25: Generator(cfg, ratio),
     "ngram": lambda cfg, n_ngrams: NgramHead(cfg.d_model, cfg.vocab_size, n_ngrams, cfg.norm_eps),
+    "task_module": _task_module,
 }
 
 

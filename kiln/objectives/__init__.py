@@ -22,6 +22,7 @@ def _registry() -> dict[str, type[Objective]]:
     from kiln.objectives.clm import CausalLM
     from kiln.objectives.distill import SALT, KnowledgeDistillation
     from kiln.objectives.encoder import ELECTRA, MaskedLM
+    from kiln.objectives.ernie3 import ERNIE3
     from kiln.objectives.ernie_gram import ERNIEGram
     from kiln.objectives.minilm import MiniLM
     from kiln.objectives.mp3 import MP3
@@ -34,7 +35,7 @@ def _registry() -> dict[str, type[Objective]]:
         "clm": CausalLM, "mlm": MaskedLM, "electra": ELECTRA, "fim": FIM, "ul2": UL2, "codegen2": CodeGen2,
         "mp3": MP3, "ernie_gram": ERNIEGram, "clm_mlm": CLMThenMLM, "mixture": Mixture,
         "kd": KnowledgeDistillation, "salt": SALT, "self_distill": SelfDistill, "minilm": MiniLM,
-        "reweight": LossReweighted,
+        "reweight": LossReweighted, "ernie3": ERNIE3,
     })
     return _OBJECTIVES
 

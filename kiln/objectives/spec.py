@@ -31,6 +31,8 @@ OBJECTIVE_ARGS: dict[str, dict[str, bool]] = {
     "self_distill": {"teacher": False, "base": False, "weight": False, "base_args": False},
     "minilm": {"teacher": False, "ce_weight": False, "attention": False},
     "reweight": {"strategy": False, "r": False, "warmup_steps": False, "unit": False},
+    "ernie3": {"nlg_layers": False, "nlu_layers": False, "nlu_ratio": False, "nlu_weight": False, "nlg_weight": False,
+               "mask_ratio": False, "kg_prob": False},
 }
 
 

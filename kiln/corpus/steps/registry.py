@@ -25,6 +25,7 @@ MODULES = (
     "kiln.corpus.steps.plant",
     "kiln.corpus.steps.toxicity",
     "kiln.corpus.steps.shuffle",
+    "kiln.corpus.steps.knowledge",
     "kiln.corpus.scoring.select",
     "kiln.corpus.scoring.builtin",
     "kiln.corpus.learned.steps",
