@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.experiments.cli import ablate
+from kiln.grow_cli import grow
 from kiln.recipe import Recipe, RecipeError, load_recipe
 from kiln.run import RunDir, RunError
 from kiln.stages import ORDER, run_pipeline
@@ -407,6 +408,7 @@ def runs_(root: Annotated[Path, typer.Argument(help="folder holding run folders 
 
 
 app.command("ablate")(ablate)
+app.command("grow")(grow)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def save_state(model: LanguageModel, path: str | Path) -> None:
     if model.tied:
         state.pop(TIED_KEY)
     state = {k: v.detach().contiguous() for k, v in state.items()}
-    save_file(state, str(path), metadata={"format": "pt", "tie_embeddings": str(model.tied)})
+    save_file(state, str(path), metadata={"format": "pt"})  # one key: the map is written in random order
 
 
 def load_state(model: LanguageModel, path: str | Path, map_location: str | torch.device = "cpu") -> None:
