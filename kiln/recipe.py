@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from kiln.model.presets import PRESET_NAMES, resolve_preset
 from kiln.recipe_data import (  # noqa: F401 - re-exported: the data-side sections
     N_RESERVED_IDS,
     SOURCE_FIELD_KINDS,
@@ -81,6 +82,13 @@ class MoEConfig(Section):
 
 
 class ModelConfig(Section):
+    preset: Literal[PRESET_NAMES] | None = Field(  # type: ignore[valid-type]
+        None, exclude=True, json_schema_extra=NOT_FINGERPRINTED,
+        description="a Well-Read Students size (kiln/model/presets.py, Turc et al. 2019): bert-L{L}-H{H}, L in "
+        "2,4,...,12 and H in 128,256,512,768 (or bert-tiny/mini/small/medium/base); sets n_layer = L, d_model = H, "
+        "n_head = H/64 and ffn_hidden = the SwiGLU width parameter-matched to BERT's 4H GELU MLP (8H/3 rounded up "
+        "to 64). A field also given must equal the preset's value (else an error). Resolved at load: saved "
+        "recipes and fingerprints carry the four fields, not the name")
     n_layer: int = Field(4, ge=1)
     n_head: int = Field(4, ge=1)
     n_kv_head: int | None = Field(None, ge=1, description="grouped-query attention; None = n_head")
@@ -105,6 +113,12 @@ class ModelConfig(Section):
     masked_heads: list[tuple[int, int]] = Field(
         default_factory=list, description="(layer, head) pairs whose attention output is zeroed in every forward")
     moe: MoEConfig | None = Field(None, description="mixture-of-experts MLPs (kiln/model/moe.py); None = dense")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_applied(cls, data: Any) -> Any:
+        """``model.preset`` fills n_layer / d_model / n_head / ffn_hidden (kiln/model/presets.py)."""
+        return resolve_preset(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
