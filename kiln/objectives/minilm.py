@@ -12,6 +12,11 @@ relations are T x T whatever the head size); their head counts must match. ``ce_
 the causal-LM loss (the student then also trains its LM head; with 0 it is a task-agnostic attention-only
 distillation and validation reports this objective's own loss).
 
+Teacher assistant (the paper's option for a large size gap): first distil the teacher into an assistant with the
+teacher's depth and the student's width (:func:`assistant_config`), then use the assistant as the student's teacher:
+two ordinary runs, ``model.n_layer=<teacher layers> train.objective=minilm train.teacher=TEACHER --run-dir ta``,
+then ``train.teacher=ta`` for the student.
+
 Attention maps come from the backbone's ``output_attentions`` (the eager backend for that call); the values from
 a forward hook on the last block's value projection (``attn.wv``), outside the model file. Not for
 ``parallel.compile`` (a compiled block hides the hook).
@@ -19,6 +24,7 @@ a forward hook on the last block's value projection (``attn.wv``), outside the m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from contextlib import contextmanager
 
@@ -27,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kiln.data.loader import Batch
+from kiln.model.config import TransformerConfig
 from kiln.model.targets import next_token_targets
 from kiln.objectives.base import Objective, Prepared
 from kiln.objectives.clm import IGNORE, lm_loss_sum
@@ -70,6 +77,15 @@ def relation_kl(log_t: Tensor, log_s: Tensor, visible: Tensor, queries: Tensor) 
     """Sum over real query tokens of KL(teacher row || student row), averaged over heads."""
     kl = torch.where(visible, log_t.exp() * (log_t - log_s), torch.zeros((), device=log_t.device)).sum(-1)
     return kl.mean(1)[queries].sum()
+
+
+def assistant_config(teacher: TransformerConfig, student: TransformerConfig) -> TransformerConfig:
+    """MiniLM's teacher assistant: the teacher's depth at the student's width (width, heads, MLP), no extra heads."""
+    if teacher.n_head != student.n_head:
+        raise ValueError(f"minilm needs equal head counts: the teacher has {teacher.n_head} heads, the student "
+                         f"{student.n_head}")
+    return dataclasses.replace(teacher, d_model=student.d_model, n_head=student.n_head, n_kv_head=student.n_kv_head,
+                               ffn_hidden=student.ffn_hidden, heads={}, masked_heads=[], moe=None)
 
 
 class MiniLM(Objective):
