@@ -109,9 +109,9 @@ def test_attention_kl_falls_by_half_within_200_steps():
 def test_teacher_assistant_has_the_teachers_depth_at_the_students_width():
     """Two stages (teacher -> assistant -> student): the assistant is the teacher's depth at the student's width; it
     distils from the teacher, and the student from it. Measured (2-layer teacher 64 wide, random tokens, 60 steps
-    each): assistant-to-teacher attention KL 44.5 -> 34.0, student-to-trained-assistant 0.40 -> 0.27; the student's KL to
-    the teacher itself barely moves (34.04 -> 33.95; distilled from the teacher directly: 33.73), the floor of this
-    random-token toy."""
+    each): assistant-to-teacher attention KL 44.5 -> 34.0, student-to-trained-assistant 0.40 -> 0.27; the student's
+    KL to the teacher itself barely moves (34.04 -> 33.95; distilled from the teacher directly: 33.73), the floor of
+    this random-token toy."""
     from kiln.objectives.minilm import assistant_config
 
     torch.set_num_threads(1)
