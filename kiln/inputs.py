@@ -165,6 +165,12 @@ def _step_inputs(c: _Collector, recipe: Any, run_root: Path | None) -> None:
                 c.tree(f"{where} model {step.model}", rel(step.model))
         else:
             _marked_inputs(c, step, where, rel)
+        implied = getattr(step, "implied_inputs", None)  # files a step reads that no field names
+        for label, path in (implied(rel) if implied else {}).items():
+            if path is None:
+                c.records[f"{where} {label}"] = {"path": label, "missing": True}
+            else:
+                c.file(f"{where} {label}", path)
 
 
 def _marked_inputs(c: _Collector, obj: Any, label: str, rel: Any) -> None:

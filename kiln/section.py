@@ -23,6 +23,7 @@ NOT_FINGERPRINTED: dict[str, Any] = {"fingerprint": False}  # Field(json_schema_
 # Field(json_schema_extra=...) of a path a corpus step reads: its content joins the stage's input records
 # (kiln/inputs.py), so editing the file rebuilds the stage. MODEL: a checkpoint / run / export folder (plus its
 # run's tokenizer/ when the step's `tokenizer` is unset); FILE: one file; TREE: a file or every file of a folder.
+# A file a step reads without a field naming it: the step params' `implied_inputs(resolve) -> {label: path}`.
 INPUT_MODEL: dict[str, Any] = {"input": "model"}
 INPUT_FILE: dict[str, Any] = {"input": "file"}
 INPUT_TREE: dict[str, Any] = {"input": "tree"}

@@ -157,6 +157,22 @@ def test_eda_is_seeded_per_document(synonyms: SynonymTable) -> None:
         EdaConfig(alpha_rd=1.5)
 
 
+def test_eda_copies_keep_their_line_breaks(synonyms: SynonymTable) -> None:
+    """Every operation works on the words and leaves the layout: a copy of a text of 8 lines (a blank line
+    between two stanzas) has the same line breaks, each line keeps words, and no break is swapped or deleted."""
+    lines = planted_corpus(1, seed=3)[0].split(" . ")[:8]
+    text = "\n".join(lines[:4]) + "\n\n" + "\n".join(lines[4:]) + "\n"
+    copies = eda(text, EdaConfig(alpha_sr=0.3, alpha_ri=0.3, alpha_rs=0.3, alpha_rd=0.3, n_aug=8), synonyms,
+                 seed=0, key="verse")
+    assert {op for op, _ in copies} == {"sr", "ri", "rs", "rd"}
+    for op, copy in copies:
+        assert copy != text.rstrip("\n"), op
+        assert [len(part.split("\n")) for part in copy.split("\n\n")] == [4, 4], (op, copy)
+        assert all(line.strip() for part in copy.split("\n\n") for line in part.split("\n")), (op, copy)
+    # a single word per line: RD still never empties the text, the breaks stay
+    assert random_delete(["a", "\n", "b"], 1.0, np.random.default_rng(0)) in (["a", "\n"], ["\n", "b"])
+
+
 def labelled_docs(n: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     docs = []

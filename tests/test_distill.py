@@ -109,6 +109,34 @@ def test_kd_loss_is_the_temperature_scaled_mixture():
     assert kd_kl_sum(zs, zs).item() == pytest.approx(0.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("name, args", [("kd", {"alpha": 0.3, "temperature": 2.0}),
+                                        ("salt", {"alpha": 0.5, "select_fraction": 0.5, "top_k": 5})])
+def test_chunked_kd_equals_full_logits_without_building_them(name, args):
+    """Under loss_chunk_tokens the KD (and SALT_DS's chosen-row CE) terms equal the full-logits ones, loss and
+    gradients, and no head ever sees more rows than one chunk (of either model)."""
+    teacher, student = tiny_model(7, d_model=48), tiny_model(0)
+    batch = random_batch(2)
+    grads, losses = [], []
+    for chunk in (None, 16):
+        obj = configured(name, teacher, **args)
+        obj.loss_chunk_tokens = chunk
+        student.zero_grad()
+        loss, metrics = obj.loss(student, obj.prepare(batch))
+        loss.backward()
+        losses.append((loss.item(), metrics["kd_kl_sum"].item()))
+        grads.append({n: p.grad.clone() for n, p in student.named_parameters()})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for n, g in grads[0].items():
+        torch.testing.assert_close(grads[1][n], g, rtol=1e-4, atol=1e-6, msg=n)
+    rows = []
+    for model in (teacher, student):
+        model.lm_head.register_forward_hook(lambda m, inp, out: rows.append(inp[0].flatten(0, -2).shape[0]))
+    obj = configured(name, teacher, **args)
+    obj.loss_chunk_tokens = 16
+    obj.loss(student, obj.prepare(batch))[0].backward()
+    assert all(r <= 16 for r in rows)  # no head module ever sees more than one chunk of positions
+
+
 def test_salt_switches_to_plain_ce_and_stops_running_the_teacher():
     calls = []
     teacher = tiny_model(7)
@@ -296,6 +324,35 @@ def test_train_teacher_reaches_every_distillation_objective():
     again = load_recipe("demo", ["train.objective=mixture", "train.teacher=runs/t",
                                  f"train.objective_args={json.dumps(r.train.objective_args)}"])
     assert again.train == r.train  # the resolved recipe loads back equal
+
+
+def test_a_mixture_loads_a_teacher_it_names_twice_once(tmp_path, monkeypatch):
+    """kd + salt + minilm in one mixture, all naming the same folder (one of them by another spelling of the
+    path): one teacher is loaded and shared; a second folder is a second teacher. Checks still run per objective
+    (a teacher of another vocabulary is refused even when shared)."""
+    import kiln.objectives.teacher as teacher_mod
+    from kiln.model.io import save_pretrained
+
+    first = save_pretrained(tiny_model(0), tmp_path / "t1")
+    other = save_pretrained(tiny_model(1), tmp_path / "t2")
+    loads = []
+    real = teacher_mod.load_teacher
+    monkeypatch.setattr(teacher_mod, "load_teacher",
+                        lambda spec, device="cpu": loads.append(spec) or real(spec, device))
+    mix = build_objective("mixture", weights={"kd": 1, "salt": 1, "minilm": 1, "self_distill": 1},
+                          args={"kd": {"teacher": str(first)}, "salt": {"teacher": f"{tmp_path}/./t1"},
+                                "minilm": {"teacher": str(first)}, "self_distill": {"teacher": str(other)}})
+    mix.configure(vocab_size=V, seq_len=32, total_steps=100, seed=0)
+    mix.attach(torch.device("cpu"))
+    teachers = mix.frozen_modules()
+    assert loads == [str(first), str(other)]
+    assert teachers["kd.teacher"] is teachers["salt.teacher"] is teachers["minilm.teacher"]
+    assert teachers["self_distill.teacher"] is not teachers["kd.teacher"]
+    wrong = build_objective("mixture", weights={"kd": 1, "salt": 1},
+                            args={"kd": {"teacher": str(first)}, "salt": {"teacher": str(first)}})
+    wrong.configure(vocab_size=V + 1, seq_len=32, total_steps=100, seed=0)
+    with pytest.raises(ValueError, match=rf"vocabulary has {V} tokens, the student's has {V + 1}"):
+        wrong.attach(torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------- end to end (the trainer)

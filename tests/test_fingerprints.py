@@ -254,3 +254,24 @@ def test_marked_input_fields_of_any_step_are_inputs_recursively(tmp_path):
     fp = _corpus_fp(recipe)
     target.write_text('{"text": "another target"}\n')
     assert _corpus_fp(recipe) != fp
+
+
+def test_preselect_default_metrics_files_are_inputs(tmp_path):
+    """A PreSelect reference ranked by `rank_by` from its run's own eval/metrics.json (no `metrics` field names
+    it): re-evaluating the reference changes the corpus fingerprint; before any eval the file is recorded missing."""
+    runs = [tmp_path / "ref-a", tmp_path / "ref-b"]
+    for i, run in enumerate(runs):
+        _fake_checkpoint(run, b"w%d" % i)
+    refs = ", ".join(f"{{checkpoint: '{run}/train/checkpoints/step-000010'}}" for run in runs)
+    recipe = load_recipe("demo", [f"corpus.steps=[{{step: preselect, rank_by: val_bpb, higher_is_better: false, "
+                                  f"references: [{refs}]}}]"])
+    label = f"step 0 preselect references[1] metrics (eval/metrics.json above {runs[1]}/train/checkpoints/step-000010)"
+    assert inputs.stage_inputs(recipe, "corpus")[label].get("missing")
+    for i, run in enumerate(runs):
+        (run / "eval").mkdir()
+        (run / "eval" / "metrics.json").write_text(json.dumps({"val_bpb": 2.0 + i}))
+    recs = inputs.stage_inputs(recipe, "corpus")
+    assert not recs[label].get("missing") and recs[label]["path"].endswith("ref-b/eval/metrics.json")
+    fp = _corpus_fp(recipe)
+    (runs[1] / "eval" / "metrics.json").write_text(json.dumps({"val_bpb": 1.5}))  # the reference re-evaluated
+    assert _corpus_fp(recipe) != fp

@@ -272,6 +272,34 @@ def test_rollback_reloads_the_checkpoints_masks(tokens, tmp_path):
         assert torch.all(p.detach()[~cb.masks[name]] == 0)
 
 
+class ForwardZeros(TrainerCallback):
+    """The zero weights of one matrix as each step's forward sees them (at its first micro-batch)."""
+
+    def __init__(self) -> None:
+        self.zeros: dict[int, int] = {}
+
+    def micro_loss(self, state: TrainState, prepared, loss_sum: torch.Tensor) -> torch.Tensor:
+        self.zeros.setdefault(state.step + 1, int((param(state.model, BLOCK) == 0).sum()))
+        return loss_sum
+
+
+def test_a_skipped_step_updates_the_masks_before_the_next_forward(tokens, tmp_path):
+    """A step skipped mid-ramp (train.on_nonfinite=skip at step 13): the forward of step 14 already uses the
+    schedule's mask for step 14, as in the run without the fault (the mask update of the skipped step is not a
+    step late), and N̄ counts the skipped step once."""
+    extra = ["train.steps=20", "train.on_nonfinite=skip",
+             f"train.callbacks=[{{name: '{GMP}', final_sparsity: 0.75, start: 0.2, end: 0.8}}]"]
+    plain = ForwardZeros()
+    _, want = train(tokens, tmp_path / "plain", extra, callbacks=[plain])
+    seen, nan = ForwardZeros(), NanOnce()
+    trainer, got = train(tokens, tmp_path / "skipped", extra, callbacks=[nan, seen])
+    assert nan.fired and trainer.guard.skipped == 1
+    assert [r["step"] for r in got] == [s for s in range(1, 21) if s != 13]
+    assert plain.zeros[13] < plain.zeros[14] < plain.zeros[15]  # the ramp prunes more at every step here
+    assert seen.zeros == plain.zeros  # the same count in every forward, step 14 included
+    assert got[-1]["n_params_bar"] == want[-1]["n_params_bar"]
+
+
 def test_export_carries_zeros_not_masks(tokens, tmp_path):
     from safetensors.torch import load_file
 

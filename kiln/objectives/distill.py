@@ -16,6 +16,8 @@
   the data order, the token count and resume untouched, at the price of a smaller pool to choose from.
 
 Both are ``CausalLM`` objectives (validation reports bits per byte) and mix with others through ``mixture``.
+Under ``train.loss_chunk_tokens`` the KD term, like the CE, runs a chunk of positions at a time
+(:mod:`kiln.objectives.kd_loss`): neither model's full logits exist; SALT_DS scores one row's logits at a time.
 The teacher (``train.teacher``) is loaded in :meth:`attach` onto the training device as a frozen module
 (:mod:`kiln.objectives.teacher`) and must share the student's vocabulary.
 """
@@ -29,14 +31,8 @@ from torch import Tensor, nn
 from kiln.data.loader import Batch
 from kiln.objectives.base import Prepared
 from kiln.objectives.clm import IGNORE, CausalLM, lm_loss_sum
-from kiln.objectives.teacher import check_vocab, load_teacher, run_teacher
-
-
-def kd_kl_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Sum over rows of KL(softmax(teacher / T) || softmax(student / T)), each row a (V,) logit vector."""
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return F.kl_div(log_s, log_t, log_target=True, reduction="sum")
+from kiln.objectives.kd_loss import chunked_kd, kd_kl_sum
+from kiln.objectives.teacher import attach_teacher, run_teacher, teacher_head_weight
 
 
 def salt_ds_scores(teacher_logits: Tensor, targets: Tensor, top_k: int = 10) -> Tensor:
@@ -73,11 +69,7 @@ class KnowledgeDistillation(CausalLM):
         self.teacher_path, self.alpha, self.temperature = teacher, float(alpha), float(temperature)
 
     def attach(self, device: torch.device) -> None:
-        if "teacher" not in self.frozen_modules():
-            teacher = load_teacher(self.teacher_path, device)
-            if self.vocab_size:  # configured by the trainer before attach
-                check_vocab(self.teacher_path, teacher, self.vocab_size)
-            self.add_frozen("teacher", teacher)
+        attach_teacher(self, device)
         super().attach(device)
 
     @property
@@ -92,9 +84,25 @@ class KnowledgeDistillation(CausalLM):
         (SALT after its KD phase)."""
         return self.alpha
 
-    def kd_rows(self, teacher_logits: Tensor, targets: Tensor) -> Tensor:
+    def kd_rows(self, teacher_hidden: Tensor, targets: Tensor) -> Tensor:
         """Rows (B,) bool that get the KD term, when :meth:`kd_full_logits` (SALT_DS selects); default all."""
         return torch.ones(targets.shape[0], dtype=torch.bool, device=targets.device)
+
+    def kd_terms(self, model: nn.Module, hidden: Tensor, teacher_hidden: Tensor,
+                 targets: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(KL sum, the student's CE sum against ``targets`` or None) at N chosen positions, from both models'
+        (N, d) final hidden states: a chunk of positions at a time under ``train.loss_chunk_tokens``
+        (:mod:`kiln.objectives.kd_loss`), else from the full logits."""
+        t_weight = teacher_head_weight(self.teacher)
+        if self.loss_chunk_tokens and torch.is_grad_enabled():
+            kl, ce = chunked_kd(hidden, model.lm_head.weight, teacher_hidden, t_weight, self.temperature,
+                                self.loss_chunk_tokens, targets)
+            return kl, None if targets is None else ce
+        student_logits = model.lm_head(hidden)
+        kl = kd_kl_sum(student_logits, F.linear(teacher_hidden, t_weight), self.temperature)
+        if targets is None:
+            return kl, None
+        return kl, F.cross_entropy(student_logits.float(), targets, reduction="sum")
 
     def loss(self, model: nn.Module, prepared: Prepared) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = prepared.tensors
@@ -105,21 +113,14 @@ class KnowledgeDistillation(CausalLM):
             return ce, {}
         targets = t["targets"]
         valid = targets != IGNORE
+        teacher_hidden = run_teacher(self.teacher, t, "causal", logits=False).hidden
+        sel = valid
         if self.kd_full_logits():  # SALT_DS: score whole rows, KD only on the chosen ones
-            teacher_all = run_teacher(self.teacher, t, "causal").logits
-            sel = valid & self.kd_rows(teacher_all, targets)[:, None]
-            teacher_logits = teacher_all[sel]
-        else:
-            sel = valid
-            teacher_logits = run_teacher(self.teacher, t, "causal", logits_at=valid).logits
-        student_logits = model.lm_head(hidden[sel])
-        kl = kd_kl_sum(student_logits, teacher_logits, self.temperature)
+            sel = valid & self.kd_rows(teacher_hidden, targets)[:, None]
+        kl, ce_sel = self.kd_terms(model, hidden[sel], teacher_hidden[sel], None if sel is valid else targets[sel])
         soft = weight * self.temperature ** 2 * kl
-        if sel is valid:
-            loss = (1.0 - weight) * ce + soft
-        else:  # rows without KD keep their full CE: (1 - w) only on the chosen rows' targets
-            ce_sel = F.cross_entropy(student_logits.float(), targets[sel], reduction="sum")
-            loss = ce - weight * ce_sel + soft
+        # rows without KD (SALT_DS) keep their full CE: (1 - w) only on the chosen rows' targets
+        loss = (1.0 - weight) * ce + soft if ce_sel is None else ce - weight * ce_sel + soft
         return loss, {"kd_kl_sum": kl.detach(), "kd_ce_sum": ce.detach()}
 
     def kd_full_logits(self) -> bool:
@@ -154,8 +155,10 @@ class SALT(KnowledgeDistillation):
     def kd_full_logits(self) -> bool:
         return self.select_fraction < 1.0
 
-    def kd_rows(self, teacher_logits: Tensor, targets: Tensor) -> Tensor:
-        scores = salt_ds_scores(teacher_logits, targets, self.top_k)
+    def kd_rows(self, teacher_hidden: Tensor, targets: Tensor) -> Tensor:
+        head = teacher_head_weight(self.teacher)  # one row's (T, V) logits at a time
+        scores = torch.cat([salt_ds_scores(F.linear(teacher_hidden[r : r + 1], head), targets[r : r + 1], self.top_k)
+                            for r in range(targets.shape[0])])
         n = max(1, round(self.select_fraction * scores.shape[0]))
         # ties broken by row index (stable sort), so the choice is deterministic
         order = torch.sort(-scores, stable=True).indices[:n]

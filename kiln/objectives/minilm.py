@@ -37,7 +37,7 @@ from kiln.model.config import TransformerConfig
 from kiln.model.targets import next_token_targets
 from kiln.objectives.base import Objective, Prepared
 from kiln.objectives.clm import IGNORE, lm_loss_sum
-from kiln.objectives.teacher import check_vocab, load_teacher
+from kiln.objectives.teacher import attach_teacher
 
 EPS = 1e-30
 
@@ -105,13 +105,11 @@ class MiniLM(Objective):
         self.uses_every_head = self.ce_weight > 0
 
     def attach(self, device: torch.device) -> None:
-        if "teacher" not in self.frozen_modules():
-            teacher = load_teacher(self.teacher_path, device)
+        def kiln_teacher(teacher: nn.Module) -> None:
             if not hasattr(teacher, "backbone"):
                 raise ValueError(f"train.teacher {self.teacher_path}: minilm needs a kiln teacher (attention maps)")
-            if self.vocab_size:
-                check_vocab(self.teacher_path, teacher, self.vocab_size)
-            self.add_frozen("teacher", teacher)
+
+        attach_teacher(self, device, kiln_teacher)
         super().attach(device)
 
     def prepare(self, batch: Batch) -> Prepared:

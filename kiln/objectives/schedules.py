@@ -58,9 +58,10 @@ class Switching(Objective):
         return out
 
     def attach(self, device: torch.device) -> None:
+        from kiln.objectives.teacher import share_teachers
+
         super().attach(device)
-        for obj in self.objectives.values():
-            obj.attach(device)
+        share_teachers(self.objectives.values(), device)  # one copy of a teacher several of them name
 
     def configure(self, **kwargs: Any) -> None:
         super().configure(**kwargs)

@@ -33,7 +33,7 @@ from torch import nn
 from kiln.data.loader import Batch
 from kiln.objectives.base import Objective, Prepared
 from kiln.objectives.clm import lm_loss_sum
-from kiln.objectives.teacher import check_vocab, check_width, load_teacher, run_teacher
+from kiln.objectives.teacher import attach_teacher, check_width, run_teacher
 
 BASES = {"clm": "causal", "mlm": "bidirectional"}  # base objective -> attention of the representation forward
 
@@ -82,11 +82,7 @@ class SelfDistill(Objective):
         self.base.begin_step(step, micro_offset)
 
     def attach(self, device: torch.device) -> None:
-        if "teacher" not in self.frozen_modules():
-            teacher = load_teacher(self.teacher_path, device)
-            if self.vocab_size:
-                check_vocab(self.teacher_path, teacher, self.vocab_size)
-            self.add_frozen("teacher", teacher)
+        attach_teacher(self, device)
         super().attach(device)
 
     # ------------------------------------------------------------------ prepare / loss

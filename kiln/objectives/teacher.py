@@ -22,6 +22,7 @@ Transformers", 2020, arXiv:2002.10957.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,39 @@ def load_teacher(spec: str, device: torch.device | str = "cpu") -> nn.Module:
             return load_model(spec, device)
         except ModelLoadError as exc:
             raise ModelLoadError(f"train.teacher: {exc} (expected {TEACHER_HELP})") from None
+
+
+def attach_teacher(objective, device: torch.device, check: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Own ``objective.teacher_path``'s teacher frozen (loaded on ``device`` unless one was handed in: a mixture
+    gives its distillation objectives that name the same teacher one shared copy, see
+    :func:`share_teachers`); the vocabulary and ``check`` are tested either way."""
+    teacher = objective.frozen_modules().get("teacher")
+    if teacher is None:
+        teacher = load_teacher(objective.teacher_path, device)
+    if check is not None:
+        check(teacher)
+    if objective.vocab_size:  # configured by the trainer before attach
+        check_vocab(objective.teacher_path, teacher, objective.vocab_size)
+    return objective.add_frozen("teacher", teacher)
+
+
+def share_teachers(objectives: Iterable, device: torch.device) -> None:
+    """Attach ``objectives`` in order, handing each one that names an already loaded teacher (the same
+    ``teacher_path``, or the same folder) that copy, so a mixture of ``kd`` + ``minilm`` holds one teacher."""
+    loaded: dict[str, nn.Module] = {}
+    for obj in objectives:
+        spec = getattr(obj, "teacher_path", None)
+        key = None if spec is None else spec if spec in MINILM_NAMES else str(Path(spec).resolve())
+        if key in loaded and "teacher" not in obj.frozen_modules():
+            obj.add_frozen("teacher", loaded[key])
+        obj.attach(device)
+        if key is not None and "teacher" in obj.frozen_modules():
+            loaded.setdefault(key, obj.frozen_modules()["teacher"])
+
+
+def teacher_head_weight(teacher: nn.Module) -> Tensor:
+    """The (V, d) matrix that turns the teacher's final hidden states into logits (both heads have no bias)."""
+    return teacher.encoder.embeddings.tok_emb.weight if isinstance(teacher, BertTeacher) else teacher.lm_head.weight
 
 
 def teacher_vocab(teacher: nn.Module) -> int:

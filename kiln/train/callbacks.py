@@ -6,6 +6,8 @@ trainer writes into that step's ``metrics.jsonl`` train row, or the validation r
 in the order a step meets them:
 
 - ``on_train_begin``: once, after resume / ``init_from``, before the first step;
+- ``on_step_begin``: before each step's batches are prepared and run, ``state.step`` counting the steps done so
+  far (a step skipped by ``train.on_nonfinite=skip`` included; after a rollback, the checkpoint's step);
 - ``micro_loss(state, prepared, loss_sum)``: per micro-batch, returns the loss to backpropagate (default:
   ``loss_sum``); sample weights and auxiliary losses go here. The logged loss stays the objective's;
 - ``after_backward``: gradients of the whole step accumulated (and synchronised under DDP), before clipping;
@@ -61,6 +63,9 @@ class TrainerCallback:
     name = "callback"
 
     def on_train_begin(self, state: TrainState) -> None:
+        pass
+
+    def on_step_begin(self, state: TrainState) -> None:
         pass
 
     def micro_loss(self, state: TrainState, prepared: Prepared, loss_sum: torch.Tensor) -> torch.Tensor:

@@ -222,14 +222,21 @@ class SparseTraining(TrainerCallback):
         """Whether the masks are dropped once ``step`` steps are done (dense fine-tuning)."""
         return False
 
-    def after_backward(self, state: TrainState) -> None:
-        params = self.targets(state.model)
-        if state.step < self.step:  # a rollback (train.on_nonfinite): back to that checkpoint's masks
+    def on_step_begin(self, state: TrainState) -> None:
+        """Before the step's forward: after a rollback, the checkpoint's masks; after a skipped step, that step's
+        accounting and mask update (so the next forward already uses them, as in a run without the skip)."""
+        if state.step < self.step:  # a rollback (train.on_nonfinite=rollback): back to that checkpoint's masks
             self.on_train_begin(state)
-        for t in range(self.step + 1, state.step + 1):  # steps skipped by train.on_nonfinite=skip
-            self._advance(state, params, t)
+            return
+        if state.step > self.step:  # steps skipped by train.on_nonfinite=skip
+            params = self.targets(state.model)
+            for t in range(self.step + 1, state.step + 1):
+                self._advance(state, params, t)
+
+    def after_backward(self, state: TrainState) -> None:
         if self.dense:
             return
+        params = self.targets(state.model)
         for name, p in params.items():
             if p.grad is not None:
                 _local(p.grad).masked_fill_(self._drop[name], 0)

@@ -213,6 +213,8 @@ class Trainer:
 
     def train_step(self) -> dict:
         cfg = self.recipe.train
+        self.state.metrics = {}
+        self._callback("on_step_begin")  # e.g. masks brought up to date after a skipped step
         lr = lr_at(self.step, cfg) * self.guard.lr_scale
         set_lr(self.optimizer, lr)
         # prepared on the CPU, then copied: no step waits on the GPU until the gradient norm (the guard's input)
@@ -227,7 +229,6 @@ class Trainer:
         n_targets = max(dist.all_reduce_sum([sum(p.n_targets for p in prepared)], self.device)[0], 1)
         loss_acc = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device, read once
         sums = ObjectiveMetrics(self.device)  # the objective's named metrics, summed on the device too
-        self.state.metrics = {}
         touch = self._heads_to_touch(prepared)
         try:
             for i, p in enumerate(prepared):

@@ -26,8 +26,9 @@ least ``min_sim``. Limits: distributional similarity finds words used in the sam
 antonyms and co-hyponyms ("good"/"bad", "monday"/"friday") as well as true synonyms; rare words (below
 ``min_count``) get none; one sense per word form. It is a word list for augmentation noise, not a thesaurus.
 
-Text is handled as whitespace-separated words: an augmented copy is its words joined by single spaces (line
-breaks are not kept). Pure numpy; import-cheap.
+Text is handled as whitespace-separated words, with every run of line breaks kept as a token of its own that no
+operation touches (:func:`layout_words`, :func:`join_words`): an augmented copy keeps its lines (a verse line,
+a docstring's paragraphs); within a line, words are joined by single spaces. Pure numpy; import-cheap.
 """
 
 from __future__ import annotations
@@ -63,6 +64,41 @@ def norm(word: str) -> str:
 
 def words_of(text: str) -> list[str]:
     return text.split()
+
+
+_LAYOUT = re.compile(r"\s*\n\s*|\s+")
+
+
+def layout_words(text: str) -> list[str]:
+    """The words of ``text`` in order, each run of whitespace holding a line break kept as one token: the run's
+    newlines (``"\\n"``, ``"\\n\\n"``); such tokens are never eligible for an operation."""
+    out: list[str] = []
+    pos = 0
+    for m in _LAYOUT.finditer(text):
+        if m.start() > pos:
+            out.append(text[pos : m.start()])
+        if "\n" in m.group() and out:
+            out.append("\n" * m.group().count("\n"))
+        pos = m.end()
+    if pos < len(text):
+        out.append(text[pos:])
+    while out and is_break(out[-1]):
+        out.pop()
+    return out
+
+
+def is_break(token: str) -> bool:
+    return token.startswith("\n")
+
+
+def join_words(words: Sequence[str]) -> str:
+    """Inverse of :func:`layout_words` up to spacing: words joined by one space, line breaks kept."""
+    out: list[str] = []
+    for i, w in enumerate(words):
+        if i and not is_break(w) and not is_break(words[i - 1]):
+            out.append(" ")
+        out.append(w)
+    return "".join(out).strip("\n")
 
 
 # ----------------------------------------------------------------------------- the synonym list
@@ -187,7 +223,7 @@ def _eligible(words: list[str], protected: frozenset[str], stop: bool) -> list[i
     out = []
     for i, w in enumerate(words):
         key = norm(w)
-        if key in protected or (stop and (not key or key in STOPWORDS)):
+        if is_break(w) or key in protected or (stop and (not key or key in STOPWORDS)):
             continue
         out.append(i)
     return out
@@ -247,8 +283,9 @@ def random_delete(words: list[str], alpha: float, rng: np.random.Generator,
     elig = set(_eligible(words, protected, stop=False))
     draws = rng.random(len(words))
     out = [w for i, w in enumerate(words) if i not in elig or draws[i] >= alpha]
-    if not out and words:
-        out = [words[int(rng.integers(len(words)))]]
+    if words and all(is_break(w) for w in out):
+        keep = int(rng.choice(sorted(elig))) if elig else int(rng.integers(len(words)))
+        out = [w for i, w in enumerate(words) if i == keep or (i not in elig and is_break(w))]
     return out
 
 
@@ -301,10 +338,10 @@ def eda(text: str, cfg: EdaConfig, synonyms: SynonymTable, protected: Iterable[s
         return []
     prot = frozenset(norm(w) for w in protected)
     rng = doc_rng(seed, key or text)
-    words = words_of(text)
+    words = layout_words(text)
     order = [ops[int(i)] for i in rng.permutation(len(ops))]
     out = []
     for k in range(cfg.n_aug):
         op = order[k % len(order)]
-        out.append((op, " ".join(apply_op(op, words, cfg, rng, synonyms, prot))))
+        out.append((op, join_words(apply_op(op, words, cfg, rng, synonyms, prot))))
     return out

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from kiln.corpus.augment.eda import norm, words_of
+from kiln.corpus.augment.eda import is_break, join_words, layout_words, norm
 
 Mode = Literal["continue", "rewrite"]
 
@@ -56,11 +56,13 @@ def copy_seed(seed: int, key: str, k: int) -> int:
 
 def split_for_rewrite(text: str, keep_fraction: float, protected: frozenset[str]) -> tuple[str, str]:
     """(kept prefix, replaced rest) at a word boundary, the cut after the last protected word."""
-    words = words_of(text)
-    cut = int(round(keep_fraction * len(words)))
-    last = max((i for i, w in enumerate(words) if norm(w) in protected), default=-1)
-    cut = max(cut, last + 1, 1 if words else 0)
-    return " ".join(words[:cut]), " ".join(words[cut:])
+    tokens = layout_words(text)  # line breaks kept in the prefix
+    at = [i for i, w in enumerate(tokens) if not is_break(w)]  # token index of each word
+    cut = int(round(keep_fraction * len(at)))
+    last = max((j for j, i in enumerate(at) if norm(tokens[i]) in protected), default=-1)
+    cut = max(cut, last + 1, 1 if at else 0)
+    split = at[cut] if cut < len(at) else len(tokens)
+    return join_words(tokens[:split]), join_words(tokens[split:])
 
 
 def lm_augment(texts: list[str], keys: list[str], model, tokenizer, cfg: LmAugmentConfig,

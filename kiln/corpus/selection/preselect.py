@@ -138,11 +138,19 @@ def _locate(ref: PreSelectReference, index: int, ctx: StepContext) -> tuple[Path
     return ckpt, tok
 
 
-def _eval_metrics_file(ckpt: Path) -> Path:
-    for folder in (ckpt, *ckpt.resolve().parents):
+def find_eval_metrics(path: Path) -> Path | None:
+    """A reference's default metrics file: ``eval/metrics.json`` in ``path`` or the nearest folder above it."""
+    for folder in (path, *Path(path).resolve().parents):
         candidate = folder / "eval" / "metrics.json"
         if candidate.is_file():
             return candidate
+    return None
+
+
+def _eval_metrics_file(ckpt: Path) -> Path:
+    found = find_eval_metrics(ckpt)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"no eval/metrics.json in {ckpt} or any folder above it (run `kiln eval` on the "
                             "reference's run, or give the reference a `score` or a `metrics` file)")
 

@@ -21,6 +21,8 @@ This module imports only pydantic and the scorer interface; torch, fastText and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -61,6 +63,16 @@ class PreSelectParams(ScorerParams, FastTextFields):
     cross_fit: int = Field(0, ge=0, description="folds: each document is scored by a classifier trained without "
                            "its fold (and the held-out AUC is reported); 0 = one classifier scores every document, "
                            "its training documents included (the paper)")
+
+    def implied_inputs(self, resolve: Callable[[str], Path]) -> dict[str, Path | None]:
+        """Files the step reads that no field names: each reference ranked by ``rank_by`` from its run's default
+        ``eval/metrics.json`` (label -> path, None when there is none yet); fingerprinted with the corpus stage,
+        so a re-evaluated reference re-runs the selection."""
+        from kiln.corpus.selection.preselect import find_eval_metrics
+
+        return {f"references[{j}] metrics (eval/metrics.json above {ref.checkpoint})":
+                find_eval_metrics(resolve(ref.checkpoint))
+                for j, ref in enumerate(self.references) if ref.score is None and ref.metrics is None}
 
     @model_validator(mode="after")
     def _scores_known(self) -> PreSelectParams:
