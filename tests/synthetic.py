@@ -56,3 +56,18 @@ def tiny_overrides(corpus: Path, steps: int = 20) -> list[str]:
         "generate.max_new_tokens=8",
         "generate.prompts=[King]",
     ]
+
+
+def tiny_run(root: Path, until: str, steps: int = 20, extra: tuple[str, ...] = (), name: str = "run",
+             n_docs: int = 60):
+    """A demo-recipe run on a synthetic JSONL corpus under ``root``, built up to stage ``until``: (RunDir, the
+    overrides that made it)."""
+    from kiln.recipe import load_recipe
+    from kiln.run import RunDir
+    from kiln.stages import run_pipeline
+
+    overrides = [*tiny_overrides(write_jsonl_corpus(root / "docs.jsonl", n_docs=n_docs), steps=steps), *extra]
+    run = RunDir(root / name)
+    run_pipeline(load_recipe("demo", overrides), run, until=until)
+    return run, overrides
+

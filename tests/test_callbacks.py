@@ -13,12 +13,10 @@ import pytest
 import torch
 
 from kiln.recipe import RecipeError, load_recipe
-from kiln.run import RunDir
-from kiln.stages import run_pipeline
 from kiln.tokenizer.train import load_token_bytes
 from kiln.train.trainer import Trainer, load_train_data
 from tests.callback_probe import Events, ZeroLoss
-from tests.synthetic import tiny_overrides, write_jsonl_corpus
+from tests.synthetic import tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,10 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
     root = tmp_path_factory.mktemp("cb")
-    overrides = tiny_overrides(write_jsonl_corpus(root / "docs.jsonl", n_docs=60), steps=6)
-    run = RunDir(root / "run")
-    run_pipeline(load_recipe("demo", overrides), run, until="tokens")
-    return run, overrides
+    return tiny_run(root, "tokens", steps=6)
 
 
 def train(tokens, tmp_path, extra: list[str], callbacks=None) -> tuple[Trainer, list[dict]]:

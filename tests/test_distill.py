@@ -25,7 +25,7 @@ from kiln.objectives.distill import kd_kl_sum, salt_ds_scores
 from kiln.recipe import N_RESERVED_IDS, MarkovSource, RecipeError, load_recipe
 from kiln.run import RunDir
 from kiln.stages import run_pipeline
-from tests.synthetic import tiny_overrides, write_jsonl_corpus
+from tests.synthetic import tiny_run
 from tests.test_distributed import _copy_tokens, assert_same_curve, torchrun_train, train_losses
 
 V = 150
@@ -364,9 +364,7 @@ STEPS = 6
 def source(tmp_path_factory):
     """A tiny trained run (the teacher) and a plain CE run continuing from nothing on the same tokens."""
     root = tmp_path_factory.mktemp("distill")
-    overrides = tiny_overrides(write_jsonl_corpus(root / "docs.jsonl", n_docs=60), steps=10)
-    teacher = RunDir(root / "teacher")
-    run_pipeline(load_recipe("demo", overrides), teacher, until="train")
+    teacher, overrides = tiny_run(root, "train", steps=10, name="teacher")
     overrides = [o for o in overrides if not o.startswith("train.steps=")] + [f"train.steps={STEPS}"]
     clm = _train(teacher, root / "clm", overrides, [])
     return root, overrides, teacher, clm

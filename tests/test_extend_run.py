@@ -12,7 +12,7 @@ from kiln.recipe import load_recipe
 from kiln.run import RunDir, RunError
 from kiln.stages import plan_status, run_pipeline
 from kiln.train.extend import extension_check, schedule_blocker
-from tests.synthetic import tiny_overrides, write_jsonl_corpus
+from tests.synthetic import tiny_overrides, tiny_run, write_jsonl_corpus
 
 N = 10
 
@@ -25,10 +25,7 @@ def train_rows(run: RunDir) -> list[dict]:
 def constant_run(tmp_path_factory):
     """A constant-schedule run trained to N steps, and the overrides that made it."""
     root = tmp_path_factory.mktemp("extend")
-    overrides = [*tiny_overrides(write_jsonl_corpus(root / "docs.jsonl", n_docs=60), steps=N),
-                 "train.schedule=constant"]
-    run = RunDir(root / "run")
-    run_pipeline(load_recipe("demo", overrides), run, until="train")
+    run, overrides = tiny_run(root, "train", steps=N, extra=("train.schedule=constant",))
     return root, overrides, run
 
 

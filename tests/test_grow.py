@@ -17,7 +17,7 @@ from kiln.model.grow import GrowError, duplicate_plan, grow_config, grow_model, 
 from kiln.recipe import load_recipe
 from kiln.run import RunDir
 from kiln.stages import run_pipeline
-from tests.synthetic import tiny_overrides, write_jsonl_corpus
+from tests.synthetic import tiny_run
 
 PARENT_STEPS = 30
 
@@ -118,10 +118,8 @@ def test_masked_heads_follow_their_layers():
 def parent(tmp_path_factory):
     """A 4-layer d32 model trained 30 steps on the synthetic JSONL corpus (~10 s on one busy core)."""
     root = tmp_path_factory.mktemp("grow")
-    overrides = [*tiny_overrides(write_jsonl_corpus(root / "docs.jsonl", n_docs=60), steps=PARENT_STEPS),
-                 "model.n_layer=4", f"train.eval_every={PARENT_STEPS}", f"train.checkpoint_every={PARENT_STEPS}"]
-    run = RunDir(root / "parent")
-    run_pipeline(load_recipe("demo", overrides), run, until="train")
+    run, overrides = tiny_run(root, "train", steps=PARENT_STEPS, name="parent", extra=(
+        "model.n_layer=4", f"train.eval_every={PARENT_STEPS}", f"train.checkpoint_every={PARENT_STEPS}"))
     return root, overrides, run
 
 

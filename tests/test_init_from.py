@@ -12,7 +12,7 @@ from kiln.recipe import load_recipe
 from kiln.run import RunDir
 from kiln.stages import run_pipeline
 from kiln.train.init_from import InitFromError, architecture_differences
-from tests.synthetic import tiny_overrides, write_jsonl_corpus
+from tests.synthetic import tiny_run
 
 
 def val_rows(run: RunDir) -> list[dict]:
@@ -22,9 +22,7 @@ def val_rows(run: RunDir) -> list[dict]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("init")
-    overrides = tiny_overrides(write_jsonl_corpus(root / "docs.jsonl", n_docs=60), steps=20)
-    run = RunDir(root / "source")
-    run_pipeline(load_recipe("demo", overrides), run, until="train")
+    run, overrides = tiny_run(root, "train", steps=20, name="source")
     return root, overrides, run
 
 

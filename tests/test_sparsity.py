@@ -13,14 +13,13 @@ import torch
 from kiln.model.config import TransformerConfig
 from kiln.model.flops import block_matmul_params, flops_per_token, sparse_flops_per_token, sparse_flops_ratio
 from kiln.recipe import load_recipe
-from kiln.run import RunDir
 from kiln.stages import run_pipeline
 from kiln.tokenizer.train import load_token_bytes
 from kiln.train.callbacks import TrainerCallback, TrainState
 from kiln.train.sparsity import MASKS_FILE, GradualPruning, StaticMask
 from kiln.train.sparsity_schedule import PruningSchedule, mean_masked_fraction
 from kiln.train.trainer import Trainer, load_train_data
-from tests.synthetic import tiny_overrides, write_jsonl_corpus
+from tests.synthetic import tiny_run
 
 SPDF = "spdf"  # kiln.train.sparsity:StaticMask, registered in kiln/train/callbacks.py
 GMP = "gradual_pruning"  # kiln.train.sparsity:GradualPruning
@@ -30,10 +29,7 @@ BLOCK = "backbone.blocks.0.attn.wq.weight"
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
     root = tmp_path_factory.mktemp("sparse")
-    overrides = tiny_overrides(write_jsonl_corpus(root / "docs.jsonl", n_docs=60), steps=20)
-    run = RunDir(root / "run")
-    run_pipeline(load_recipe("demo", overrides), run, until="tokens")
-    return run, overrides
+    return tiny_run(root, "tokens", steps=20)
 
 
 def make_trainer(tokens, out: Path, extra: list[str], callbacks=None) -> Trainer:

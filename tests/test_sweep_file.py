@@ -249,3 +249,16 @@ def test_vary_dry_run_shows_runs_budgets_and_shared_stages(tmp_path: Path) -> No
     assert "corpus (1 build for 4 runs), tokenizer (1 build for 4 runs), tokens (1 build for 4 runs)" in res.output
     assert "train.lr=0.003" in res.output and "2,560" in res.output
     assert not (tmp_path / "runs").exists()
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "kiln" / "recipes" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_sweep_file_validates(path):
+    """Each sweep file under kiln/recipes/sweeps loads and every variant is a valid recipe (what `kiln ablate`
+    checks before running anything), with 2+ seeds and a baseline among its variants."""
+    sweep = load_sweep(path)
+    assert len(sweep.recipes) >= 2 and len(sweep.spec.seeds if isinstance(sweep.spec.seeds, list) else
+                                           range(sweep.spec.seeds)) >= 2
+    assert (sweep.spec.baseline or next(iter(sweep.recipes))) in sweep.recipes
