@@ -95,9 +95,9 @@ class KnowledgeDistillation(CausalLM):
         (:mod:`kiln.objectives.kd_loss`), else from the full logits."""
         t_weight = teacher_head_weight(self.teacher)
         if self.loss_chunk_tokens and torch.is_grad_enabled():
-            kl, ce = chunked_kd(hidden, model.lm_head.weight, teacher_hidden, t_weight, self.temperature,
-                                self.loss_chunk_tokens, targets)
-            return kl, None if targets is None else ce
+            kl = chunked_kd(hidden, model.lm_head.weight, teacher_hidden, t_weight, self.temperature,
+                            self.loss_chunk_tokens)
+            return kl, None if targets is None else lm_loss_sum(model, hidden, targets, self.loss_chunk_tokens)
         student_logits = model.lm_head(hidden)
         kl = kd_kl_sum(student_logits, F.linear(teacher_hidden, t_weight), self.temperature)
         if targets is None:

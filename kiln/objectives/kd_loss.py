@@ -9,8 +9,7 @@ as in ``losses._ChunkedLinearCE``:
 
     d KL / d z_s = (softmax(z_s / T) - softmax(z_t / T)) / T.
 
-Optionally the student's cross-entropy on the same positions comes out too (SALT_DS gives the rows it distils
-``(1 - w)`` of their CE, so it subtracts ``w`` times this from the full CE). The teacher side has no gradient.
+The teacher side has no gradient. (SALT_DS's CE on its chosen rows is the chunked CE of ``losses``.)
 
 Reference for the loss: Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015,
 arXiv:1503.02531; for the chunking: Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models", 2024.
@@ -22,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kiln.objectives.losses import IGNORE
-
 
 def kd_kl_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Sum over rows of KL(softmax(teacher / T) || softmax(student / T)), each row a (V,) logit vector."""
@@ -33,65 +30,43 @@ def kd_kl_sum(student_logits: Tensor, teacher_logits: Tensor, temperature: float
 
 
 class _ChunkedLinearKD(torch.autograd.Function):
-    """[KL sum, CE sum] over N positions from (N, d) student / (N, d_t) teacher hidden states and head weights."""
+    """KL sum over N positions from (N, d) student / (N, d_t) teacher hidden states and head weights."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weight: Tensor,  # type: ignore[override]
-                targets: Tensor | None, temperature: float, chunk_tokens: int) -> Tensor:
+                temperature: float, chunk_tokens: int) -> Tensor:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        with_ce = targets is not None
-        grads = {}  # (term, input) -> accumulated gradient
-        for term in ("kl", "ce") if with_ce else ("kl",):
-            if need_h:
-                grads[term, "h"] = torch.zeros_like(hidden)
-            if need_w:
-                grads[term, "w"] = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        kl_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        ce_total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_tokens):
             h = hidden[start : start + chunk_tokens]
-            logits = (h @ weight.t()).float()  # (n, V): the student's chunk
+            log_s = torch.log_softmax((h @ weight.t()).float() / temperature, dim=-1)  # (n, V): the student's chunk
             log_t = torch.log_softmax((t_hidden[start : start + chunk_tokens] @ t_weight.t()).float() / temperature, -1)
-            log_s = torch.log_softmax(logits / temperature, dim=-1)
-            kl_total += F.kl_div(log_s, log_t, log_target=True, reduction="sum")
-            chunk_grads = {"kl": (log_s.exp() - log_t.exp()) / temperature}
-            if with_ce:
-                t = targets[start : start + chunk_tokens]
-                valid = t != IGNORE
-                safe = torch.where(valid, t, torch.zeros_like(t))
-                log_p = torch.log_softmax(logits, dim=-1)
-                ce_total -= (log_p.gather(1, safe[:, None])[:, 0] * valid).sum()
-                g = log_p.exp()
-                g.scatter_add_(1, safe[:, None], -torch.ones_like(g[:, :1]))
-                chunk_grads["ce"] = g * valid[:, None]
-            for term, g in chunk_grads.items():
-                g = g.to(hidden.dtype)
-                if need_h:
-                    grads[term, "h"][start : start + chunk_tokens] = g @ weight
-                if need_w:
-                    grads[term, "w"] += (g.t() @ h).float()
-        ctx.keys = sorted(grads)
-        ctx.save_for_backward(*(grads[k].to(weight.dtype) if k[1] == "w" else grads[k] for k in ctx.keys))
-        return torch.stack([kl_total, ce_total])
+            total += F.kl_div(log_s, log_t, log_target=True, reduction="sum")
+            grad = ((log_s.exp() - log_t.exp()) / temperature).to(hidden.dtype)
+            if need_h:
+                grad_h[start : start + chunk_tokens] = grad @ weight
+            if need_w:
+                grad_w += (grad.t() @ h).float()
+        ctx.save_for_backward(
+            grad_h if need_h else torch.empty(0), grad_w.to(weight.dtype) if need_w else torch.empty(0)
+        )
+        return total
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        saved = dict(zip(ctx.keys, ctx.saved_tensors, strict=True))
-        scale = {"kl": grad_out[0], "ce": grad_out[1]}
-        out = []
-        for part in ("h", "w"):
-            terms = [saved[term, part] * scale[term].to(saved[term, part].dtype)
-                     for term in ("kl", "ce") if (term, part) in saved]
-            out.append(sum(terms[1:], terms[0]) if terms else None)
-        return out[0], out[1], None, None, None, None, None
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if ctx.needs_input_grad[0] else None
+        gw = grad_w * grad_out.to(grad_w.dtype) if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None, None, None
 
 
 def chunked_kd(hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weight: Tensor, temperature: float,
-               chunk_tokens: int, targets: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(KL sum, CE sum) at N positions: ``hidden`` (N, d) and ``weight`` (V, d) the student's final hidden states
-    and LM-head weight, ``t_hidden`` (N, d_t) / ``t_weight`` (V, d_t) the teacher's (no gradient); the CE sum
-    against ``targets`` (N,) when given, else 0. Equal to :func:`kd_kl_sum` and ``F.cross_entropy(...,
-    reduction="sum")`` on the full logits, and their gradients, with one chunk of logits alive at a time."""
+               chunk_tokens: int) -> Tensor:
+    """KL sum at N positions: ``hidden`` (N, d) and ``weight`` (V, d) the student's final hidden states and LM-head
+    weight, ``t_hidden`` (N, d_t) / ``t_weight`` (V, d_t) the teacher's (no gradient). Equal to :func:`kd_kl_sum`
+    on the full logits, and its gradients, with one chunk of logits alive at a time."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     device_type = hidden.device.type
@@ -102,6 +77,5 @@ def chunked_kd(hidden: Tensor, weight: Tensor, t_hidden: Tensor, t_weight: Tenso
         hidden = hidden.to(weight.dtype)
     t_hidden = t_hidden.detach().to(t_weight.dtype)
     with torch.autocast(device_type, enabled=False):
-        both = _ChunkedLinearKD.apply(hidden, weight, t_hidden, t_weight.detach(), targets, float(temperature),
+        return _ChunkedLinearKD.apply(hidden, weight, t_hidden, t_weight.detach(), float(temperature),
                                       int(chunk_tokens))
-    return both[0], both[1]
